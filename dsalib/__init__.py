@@ -1,0 +1,13 @@
+"""dsalib: simulating survey response distributions with LLMs.
+
+Modules (flat, one concept each):
+
+- ``surveys``   dataset specs, loaders, subgroup tables, sampling, pairs
+- ``metrics``   JSD, WD, KL, averages, better-than-TS share, data savings
+- ``baselines`` TS, noise floor, statistical baselines, zero-shot LLM baselines
+- ``prompts``   prompt templates and option labels
+- ``lm``        model loading and option-token probabilities
+- ``engine``    fine-tuning strategies and the cached last-layer engine
+"""
+
+__version__ = "0.1.0"
