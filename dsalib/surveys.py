@@ -386,7 +386,7 @@ def _read_source(spec: DatasetSpec, source: Source, directory: Path) -> tuple[pd
 
 def _numeric_codes(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
     values = frame[column]
-    if values.dtype == object:
+    if not pd.api.types.is_numeric_dtype(values):
         converted = pd.to_numeric(values, errors="coerce")
         bad = values.notna() & converted.isna()
         if bad.any():

