@@ -880,3 +880,28 @@ def iter_questions(survey: Survey, questions: Iterable[str] | None = None) -> li
     for q in qs:
         survey.question(q)
     return qs
+
+
+def split_counts(table: SubgroupTable, fraction: float, seed: int) -> tuple[SubgroupTable, SubgroupTable]:
+    """Split a table's respondents at random into two tables (e.g. fit / validation).
+
+    Each respondent (one unit of an integer count) goes to the second table
+    with probability ``fraction``, independently; subgroups left with no
+    respondent are dropped from that table.  Used to choose the number of
+    training epochs on data the model did not train on.
+    """
+    if table.weighted:
+        raise DsaError("split_counts needs an unweighted (integer count) table")
+    if not 0 < fraction < 1:
+        raise DsaError(f"the validation fraction must be between 0 and 1, got {fraction!r}")
+    counts = np.rint(table.counts).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    second = rng.binomial(counts, fraction)
+    first = counts - second
+
+    def part(c: np.ndarray) -> SubgroupTable:
+        keep = c.sum(axis=1) > 0
+        return replace(table, keys=table.keys[keep], counts=c[keep].astype(float),
+                       n=c[keep].sum(axis=1), meta=dict(table.meta))
+
+    return part(first), part(second)

@@ -1,0 +1,315 @@
+"""LLM-based methods: Direct, PE, AAE, TKFT, DSA and LLM-informed shrinkage.
+
+All follow the interface of :mod:`dsalib.baselines`: ``fit(train) -> self`` and
+``predict(keys) -> (len(keys), K)`` distributions, for any subgroup keys
+(including subgroups absent from the training sample).  A method is built with
+the language model handle (:class:`LanguageModel`) and the survey whose
+wording the prompts use.
+
+- **Direct**: zero-shot option probabilities of the base model, default prompt.
+- **PE**: zero-shot with the persona prompt template.
+- **AAE**: a lightweight conditional model on top of the frozen LLM: a
+  multinomial logit whose features are the LLM's option log-probabilities for
+  the subgroup and the one-hot background, fitted to the training respondents
+  (L2 penalty chosen by 5-fold cross-validation).
+- **TKFT**: Phase 1 alone (:func:`dsalib.train.run_phase1`).
+- **DSA**: Phase 1 then Phase 2 (:func:`dsalib.train.run_phase2`).
+- **EB-<prior>**: :class:`dsalib.shrinkage.EBShrinkage` with a fitted LLM
+  method as the prior (LLM-informed shrinkage), built by :func:`make_method`.
+
+The option-reading rule (:class:`dsalib.lm.OptionRule`) is the same in
+training and evaluation and is reported by :meth:`LanguageModel.describe`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from . import lm as lm_mod
+from . import prompts
+from .baselines import _check_keys, _check_train
+from .errors import DsaError
+from .surveys import SubgroupTable, Survey, hamming1_pairs, split_counts
+
+
+@dataclass
+class LanguageModel:
+    """A loaded causal LM, its tokenizer and how its answers are read."""
+
+    name: str
+    model: object
+    tokenizer: object
+    labels: str = "letters"
+    leading_space: bool = True
+    answer_suffix: str = "Answer:"
+    scoring: str = "single_token"
+    batch_size: int = 16
+    prefix_cache_dir: str | None = None
+    _probs_cache: dict = field(default_factory=dict, repr=False)
+    _option_models: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, name: str = lm_mod.DEFAULT_MODEL, **kwargs) -> "LanguageModel":
+        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "cache_dir", "trust_remote_code") if k in kwargs}
+        model, tok = lm_mod.load_model(name, **load_kw)
+        return cls(name=name, model=model, tokenizer=tok, **kwargs)
+
+    def rule(self, n_options: int) -> "lm_mod.OptionRule":
+        labels = prompts.option_labels(n_options, self.labels)
+        return lm_mod.OptionRule(labels=labels, leading_space=self.leading_space,
+                                 answer_suffix=self.answer_suffix, scoring=self.scoring)
+
+    def option_probs(self, prompt_list: Sequence[str], n_options: int) -> "lm_mod.OptionProbs":
+        """Zero-shot option probabilities (memoised per prompt)."""
+        rule = self.rule(n_options)
+        missing = [p for p in dict.fromkeys(prompt_list) if (p, rule) not in self._probs_cache]
+        if missing:
+            res = lm_mod.option_probs(self.model, self.tokenizer, missing, rule, batch_size=self.batch_size)
+            for i, p in enumerate(missing):
+                self._probs_cache[(p, rule)] = (res.probs[i], res.option_mass[i])
+        rows = [self._probs_cache[(p, rule)] for p in prompt_list]
+        return lm_mod.OptionProbs(
+            probs=np.array([r[0] for r in rows]).reshape(len(rows), n_options),
+            option_mass=np.array([r[1] for r in rows]),
+            rule=rule,
+        )
+
+    def option_model(self, n_options: int, strategy: str = "last_layer"):
+        """The shared trainable :class:`dsalib.engine.OptionModel` for a rule and strategy, and its initial weights.
+
+        ``last_layer`` trains the last block and the option head of this model
+        in place (callers restore the initial weights before each fit); its
+        frozen-prefix cache is shared by every method, seed and question.
+        ``lora`` and ``full`` work on a copy of the model, so the zero-shot
+        methods and the cached engine keep the pretrained weights.
+        """
+        from .engine import OptionModel
+
+        rule = self.rule(n_options)
+        key = (rule, strategy)
+        if key not in self._option_models:
+            base = self.model if strategy == "last_layer" else copy.deepcopy(self.model)
+            om = OptionModel(base, self.tokenizer, rule, strategy=strategy, batch_size=self.batch_size,
+                             cache_dir=self.prefix_cache_dir)
+            self._option_models[key] = (om, om.state_dict())
+        return self._option_models[key]
+
+    def describe(self, n_options: int | None = None) -> dict:
+        d = {"model": self.name, "labels": self.labels, "leading_space": self.leading_space,
+             "answer_suffix": self.answer_suffix, "scoring": self.scoring,
+             "normalisation": "softmax over the option-label tokens only"}
+        if n_options is not None:
+            d["rule"] = self.rule(n_options).to_dict()
+        return d
+
+
+@dataclass
+class _PromptedMethod:
+    """Shared plumbing: the survey, question and attributes the prompts need."""
+
+    lm: LanguageModel
+    survey: Survey
+    template: str = "default"
+    train: SubgroupTable | None = field(default=None, repr=False)
+
+    def _prompts(self, keys) -> list[str]:
+        return prompts.build_prompts(self.survey, self.train.question, keys, self.train.attributes,
+                                     template=self.template, labels=self.lm.labels,
+                                     answer_suffix=self.lm.answer_suffix)
+
+    def _fit_common(self, train: SubgroupTable) -> None:
+        _check_train(train)
+        if train.dataset != self.survey.name:
+            raise DsaError(f"the training table is from '{train.dataset}' but the method's survey is '{self.survey.name}'")
+        self.train = train
+
+    def _require_fit(self):
+        if self.train is None:
+            raise DsaError("call fit() before predict()")
+
+
+@dataclass
+class Direct(_PromptedMethod):
+    """Zero-shot option probabilities of the base model (no training data used)."""
+
+    name: str = "Direct"
+
+    def fit(self, train: SubgroupTable, **context) -> "Direct":
+        self._fit_common(train)
+        return self
+
+    def predict(self, keys) -> np.ndarray:
+        self._require_fit()
+        keys = _check_keys(self.train, keys)
+        return self.lm.option_probs(self._prompts(keys), self.train.n_options).probs
+
+    def option_mass(self, keys) -> np.ndarray:
+        """Probability mass on the option tokens before normalisation."""
+        keys = _check_keys(self.train, keys)
+        return self.lm.option_probs(self._prompts(keys), self.train.n_options).option_mass
+
+
+def persona(lm: LanguageModel, survey: Survey) -> Direct:
+    """PE: zero-shot with the persona template."""
+    return Direct(lm=lm, survey=survey, template="persona", name="PE")
+
+
+@dataclass
+class AAE(_PromptedMethod):
+    """A conditional model that maps the LLM's output distribution and the background to the training distribution.
+
+    Features of subgroup b: the LLM's option log-probabilities (Direct, default
+    prompt) and the one-hot background levels.  A multinomial logit on these
+    features is fitted to the training respondents (count-weighted), its L2
+    penalty chosen by 5-fold cross-validation (log-loss).
+    """
+
+    name: str = "AAE"
+    Cs: tuple = (0.01, 0.1, 1.0, 10.0)
+    seed: int = 0
+    _clf: object = field(default=None, repr=False)
+    _classes: np.ndarray | None = field(default=None, repr=False)
+
+    def _features(self, keys: np.ndarray) -> np.ndarray:
+        llm = self.lm.option_probs(self._prompts(keys), self.train.n_options).probs
+        parts = [np.log(np.clip(llm, 1e-9, None))]
+        for j, levels in enumerate(self.train.levels):
+            parts.append(np.eye(len(levels))[keys[:, j]])
+        return np.hstack(parts)
+
+    def fit(self, train: SubgroupTable, **context) -> "AAE":
+        from sklearn.linear_model import LogisticRegressionCV
+
+        self._fit_common(train)
+        x_sub = self._features(train.keys)
+        g, c = np.nonzero(train.counts)
+        x, y, w = x_sub[g], c, train.counts[g, c]
+        self._classes = np.unique(y)
+        if len(self._classes) < 2:
+            self._clf = None
+            return self
+        folds = int(min(5, np.bincount(y).max()))
+        self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=max(2, min(folds, 5)), scoring="neg_log_loss",
+                                         max_iter=2000, random_state=self.seed)
+        self._clf.fit(x, y, sample_weight=w)
+        return self
+
+    def predict(self, keys) -> np.ndarray:
+        self._require_fit()
+        keys = _check_keys(self.train, keys)
+        out = np.zeros((len(keys), self.train.n_options))
+        if self._clf is None:
+            out[:, self._classes[0]] = 1.0
+            return out
+        out[:, self._clf.classes_] = self._clf.predict_proba(self._features(keys))
+        return out
+
+
+@dataclass
+class FineTuned(_PromptedMethod):
+    """TKFT (``phase2=False``) or DSA (``phase2=True``) on the cached engine.
+
+    Fitting (see :mod:`dsalib.train`):
+
+    1. Split the training sample by respondents into fit and validation parts
+       (``phase1.val_fraction``), unless ``phase1.epochs`` fixes the number of
+       epochs (the paper: 1).
+    2. Phase 1 on the fit part, keeping the epoch count with the lowest
+       validation cross-entropy.  DSA then runs Phase 2 on the fit part and
+       keeps it only if the validation cross-entropy does not rise
+       (``phase2.guard``).
+    3. Retrain from the pretrained weights on the whole training sample with
+       the chosen settings.
+
+    The report (:attr:`report`) records the chosen epochs, the validation
+    curve, how many Phase 2 pairs and attribute changes were used, and whether
+    Phase 2 was kept.
+    """
+
+    name: str = "TKFT"
+    phase2: bool = False
+    strategy: str = "last_layer"
+    phase1_config: "Phase1Config" = None
+    phase2_config: "Phase2Config" = None
+    report: dict = field(default_factory=dict)
+    _state: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        from .train import Phase1Config, Phase2Config
+
+        self.phase1_config = self.phase1_config or Phase1Config()
+        self.phase2_config = self.phase2_config or Phase2Config()
+
+    def fit(self, train: SubgroupTable, **context) -> "FineTuned":
+        from .train import run_phase1, run_phase2
+
+        self._fit_common(train)
+        om, initial = self.lm.option_model(train.n_options, self.strategy)
+        om.load_state_dict(initial)
+        om.prepare(self._prompts(train.keys))
+        lookup = {tuple(k): i for i, k in enumerate(train.keys.tolist())}
+        index = lambda keys: np.array([lookup[tuple(k)] for k in np.asarray(keys).tolist()], dtype=np.int64)
+        c1, c2 = self.phase1_config, self.phase2_config
+        rep: dict = {"method": self.name, "strategy": self.strategy, "engine": om.describe()}
+        keep_phase2 = self.phase2
+        if c1.epochs is None:
+            fit, val = split_counts(train, c1.val_fraction, c1.seed)
+            if fit.n_subgroups == 0 or val.n_subgroups == 0:
+                raise DsaError(
+                    f"the training sample ({train.n_respondents} respondents) is too small to hold out "
+                    f"{c1.val_fraction:.0%} for choosing the number of epochs; set a fixed number of epochs"
+                )
+            r1 = run_phase1(om, fit, index, c1, val=val)
+            rep["selection"] = {"phase1_epochs": r1.epochs, "val_ce": r1.val_ce,
+                                "fit_respondents": fit.n_respondents, "val_respondents": val.n_respondents}
+            if self.phase2:
+                r2 = run_phase2(om, fit, index, c2, val=val)
+                rep["selection"]["phase2"] = asdict(r2)
+                if r2.pairs == 0 or (c2.guard and r2.val_ce_after > r2.val_ce_before + 1e-6):
+                    keep_phase2 = False
+            epochs = r1.epochs
+            om.load_state_dict(initial)
+        else:
+            epochs = c1.epochs
+        r1 = run_phase1(om, train, index, c1, epochs=epochs)
+        rep["phase1"] = asdict(r1)
+        if self.phase2:
+            if keep_phase2:
+                r2 = run_phase2(om, train, index, c2)
+                rep["phase2"] = asdict(r2)
+                keep_phase2 = r2.kept
+            else:
+                pairs = len(hamming1_pairs(train, c2.min_pair_size))
+                rep["phase2"] = {"pairs": pairs, "kept": False,
+                                 "note": rep.get("selection", {}).get("phase2", {}).get("note")
+                                 or "Phase 2 raised the validation cross-entropy on the fit/validation split; "
+                                    "the final model is the Phase 1 model (guard=True)."}
+            rep["phase2_kept"] = bool(keep_phase2)
+        self._state = om.state_dict()
+        om.load_state_dict(initial)
+        self.report = rep
+        return self
+
+    def predict(self, keys) -> np.ndarray:
+        self._require_fit()
+        keys = _check_keys(self.train, keys)
+        om, initial = self.lm.option_model(self.train.n_options, self.strategy)
+        om.load_state_dict(self._state)
+        try:
+            om.prepare(self._prompts(keys))
+            out = om.predict().double().cpu().numpy()
+        finally:
+            om.load_state_dict(initial)
+        return out / out.sum(axis=1, keepdims=True)
+
+
+def tkft(lm: LanguageModel, survey: Survey, **kwargs) -> FineTuned:
+    return FineTuned(lm=lm, survey=survey, name=kwargs.pop("name", "TKFT"), phase2=False, **kwargs)
+
+
+def dsa(lm: LanguageModel, survey: Survey, **kwargs) -> FineTuned:
+    return FineTuned(lm=lm, survey=survey, name=kwargs.pop("name", "DSA"), phase2=True, **kwargs)

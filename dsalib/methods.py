@@ -1,0 +1,76 @@
+"""Every method by name: the registry that parameter files and notebooks use.
+
+``make_method(name, lm=..., survey=..., **options)`` returns an unfitted
+method with the common interface (``fit(train)``, ``predict(keys)``).
+
+| name | what it is | needs a model |
+|---|---|---|
+| ``TS`` | the training sample's subgroup distribution | no |
+| ``MNL`` | main-effects multinomial logit, L2 by 5-fold CV | no |
+| ``POLR`` | proportional-odds ordinal logit | no |
+| ``EB-MNL`` | empirical-Bayes shrinkage toward MNL | no |
+| ``Direct`` | zero-shot, default prompt | yes |
+| ``PE`` | zero-shot, persona prompt | yes |
+| ``AAE`` | logit adapter on the LLM's output and the background | yes |
+| ``TKFT`` | Phase 1 fine-tuning | yes |
+| ``DSA`` | Phase 1 + Phase 2 fine-tuning | yes |
+| ``EB-TKFT``, ``EB-DSA`` | EB shrinkage toward the fine-tuned model (LLM-informed shrinkage) | yes |
+"""
+
+from __future__ import annotations
+
+from .baselines import TrainingSample
+from .errors import ParameterError
+
+STATISTICAL = ("TS", "MNL", "POLR", "EB-MNL")
+LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA")
+ALL = STATISTICAL + LLM
+
+
+def needs_model(name: str) -> bool:
+    return name in LLM
+
+
+def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2=None,
+                strategy: str = "last_layer", seed: int = 0):
+    """Build the method called ``name`` (see the module docstring).
+
+    ``phase1`` / ``phase2``: :class:`dsalib.train.Phase1Config` /
+    :class:`~dsalib.train.Phase2Config` (or dicts of their fields) for the
+    fine-tuned methods.  ``prior``: for ``EB-TKFT``/``EB-DSA``, an already
+    fitted TKFT/DSA method to shrink toward (it is then not refitted);
+    without it the prior is fitted inside.
+    """
+    from . import llm_methods as L
+    from .shrinkage import EBShrinkage
+    from .statistical import MainEffectsLogit, OrdinalLogit
+    from .train import Phase1Config, Phase2Config
+
+    if name not in ALL:
+        raise ParameterError(f"unknown method {name!r}; choose from {', '.join(ALL)}")
+    if name == "TS":
+        return TrainingSample()
+    if name == "MNL":
+        return MainEffectsLogit(seed=seed)
+    if name == "POLR":
+        return OrdinalLogit()
+    if name == "EB-MNL":
+        return EBShrinkage(prior=MainEffectsLogit(seed=seed))
+    if lm is None or survey is None:
+        raise ParameterError(f"method {name!r} needs a language model and the survey (lm=..., survey=...)")
+    if name == "Direct":
+        return L.Direct(lm, survey)
+    if name == "PE":
+        return L.persona(lm, survey)
+    if name == "AAE":
+        return L.AAE(lm, survey, seed=seed)
+    p1 = phase1 if isinstance(phase1, Phase1Config) else Phase1Config(**{"seed": seed, **(phase1 or {})})
+    p2 = phase2 if isinstance(phase2, Phase2Config) else Phase2Config(**{"seed": seed, **(phase2 or {})})
+    base = name.removeprefix("EB-")
+    if name.startswith("EB-") and prior is not None:
+        if getattr(prior, "name", None) != base:
+            raise ParameterError(f"{name} needs a fitted {base} method as its prior, got {getattr(prior, 'name', prior)!r}")
+        return EBShrinkage(prior=prior, prior_fitted=True, name=name)
+    ft = L.FineTuned(lm=lm, survey=survey, name=base, phase2=(base == "DSA"), strategy=strategy,
+                     phase1_config=p1, phase2_config=p2)
+    return EBShrinkage(prior=ft, name=name) if name.startswith("EB-") else ft
