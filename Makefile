@@ -20,3 +20,7 @@ test:
 
 test-fast:
 	$(BIN)/python -m pytest -m "not slow"
+
+# Regenerate every reference output (outputs/<study>/<name>.ipynb and tables).
+outputs:
+	$(BIN)/python scripts/run_outputs.py

@@ -83,6 +83,10 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path, lm=None, prog
             floor_key = keys[-1]
             if not store.has(floor_key):
                 per = baselines.noise_floor(split.truth, seed=int(seed), min_size=cfg.min_eval_size)
+                kept = split.truth.n >= cfg.min_eval_size
+                per = with_distributions(per, split.truth.dist[kept], "truth")
+                train_counts, train_n = split.train.lookup(split.truth.keys[kept])
+                per.insert(2, "train_n", train_n)
                 store.save(floor_key, {**context, **metrics.summarize(per), "seconds": 0.0}, per)
             if need_lm and lm is None:
                 from .llm_methods import LanguageModel
@@ -99,6 +103,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path, lm=None, prog
                 method.fit(split.train)
                 pred = method.predict(split.truth.keys)
                 per = metrics.evaluate(pred, split.truth, cfg.min_eval_size)
+                per = with_distributions(per, pred[split.truth.n >= cfg.min_eval_size], "pred")
                 fitted[name] = method
                 record = {**context, **metrics.summarize(per), "seconds": time.perf_counter() - t0}
                 if methods.needs_model(name):
@@ -116,8 +121,21 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path, lm=None, prog
     return store.load_all()
 
 
+def with_distributions(per: pd.DataFrame, dist: np.ndarray, prefix: str) -> pd.DataFrame:
+    """Add one column per option (``<prefix>_0`` ...) holding each subgroup's distribution."""
+    per = per.copy()
+    for i in range(dist.shape[1]):
+        per[f"{prefix}_{i}"] = dist[:, i]
+    return per
+
+
 def summary_table(results: pd.DataFrame, metric_cols=("jsd_mean", "wd_mean", "wd_scaled_mean")) -> pd.DataFrame:
     """Mean over questions and seeds, one row per method (floor last)."""
     table = results.groupby("method")[list(metric_cols)].mean()
     order = [m for m in methods.ALL if m in table.index] + [m for m in table.index if m not in methods.ALL]
     return table.loc[order]
+
+
+def load_per_subgroup(store_dir: str | Path) -> pd.DataFrame:
+    """Every stored per-subgroup table of a run, stacked with its key fields."""
+    return ResultStore(store_dir).load_all_per_subgroup()
