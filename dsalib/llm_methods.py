@@ -193,9 +193,12 @@ class AAE(_PromptedMethod):
             self._clf = None
             return self
         folds = int(min(5, np.bincount(y).max()))
+        from .statistical import _single_thread_blas
+
         self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=max(2, min(folds, 5)), scoring="neg_log_loss",
                                          max_iter=2000, random_state=self.seed)
-        self._clf.fit(x, y, sample_weight=w)
+        with _single_thread_blas():
+            self._clf.fit(x, y, sample_weight=w)
         return self
 
     def predict(self, keys) -> np.ndarray:

@@ -76,7 +76,10 @@ if any(method_registry.needs_model(m) for m in methods):
 res = experiments.run_enhancement(cfg, out / "store", lm=lm)
 results.write_csv(res.drop(columns=[c for c in res.columns if res[c].map(lambda v: isinstance(v, (dict, list))).any()]),
                   out / "results.csv")
-meta = results.write_metadata(out, study="enhancement", parameters=cfg.__dict__,
+params = dict(dataset=dataset, questions=questions, background=background, n=n, seeds=seeds, mode=mode,
+              methods=methods, model=model, phase1=phase1, phase2=phase2, strategy=strategy,
+              min_eval_size=min_eval_size, prefix_cache=prefix_cache, output_dir=output_dir)
+meta = results.write_metadata(out, study="enhancement", params=params,
                               option_rule=lm.describe() if lm else None, data=survey.describe())
 
 # %% [markdown]
