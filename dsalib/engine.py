@@ -12,10 +12,11 @@ prepared prompts, differentiable in the parameters a *strategy* trains:
   step then runs only the last block, and only at the answer position: keys and
   values over the whole prompt, the query, attention output and MLP for the
   last token alone.  The output layer is an untied copy of the option-token rows
-  of the LM head, so no gradient reaches the input embedding.  Supported blocks:
-  Llama-style (SmolLM2, Llama, Mistral, Qwen2/3) and Gemma-style sandwich norms
-  (Gemma 2/3, with q/k norms, sliding windows and soft-capping); every prepared
-  batch is checked against the model's own forward pass.  ``cache=False`` gives
+  of the LM head, so no gradient reaches the input embedding.  Supported blocks
+  (tested on tiny configs): Llama-style (SmolLM2, Llama, Mistral, Qwen2, Qwen3)
+  and Gemma-style sandwich norms (Gemma 2 and 3: q/k norms, sliding windows,
+  soft-capping); every prepared batch is checked against the model's own
+  forward pass, so an unsupported block fails loudly.  ``cache=False`` gives
   the plain path with the same trainable parameters (full forward every step).
 - ``"lora"``: peft LoRA adapters on every block's attention projections; full
   forward each step.
@@ -110,6 +111,13 @@ def _attn_softcap(attn: nn.Module) -> float | None:
     return cap if cap is not None and _passes_softcap(type(attn)) else None
 
 
+def _sliding_window(attn: nn.Module) -> int | None:
+    """The attention's window: its own attribute (Gemma, Qwen2), else the config's (Mistral)."""
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window
+    return getattr(getattr(attn, "config", None), "sliding_window", None)
+
+
 def block_at_last_position(block: nn.Module, h: torch.Tensor, valid: torch.Tensor,
                            cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """A decoder block's output at the last position only, (B, H).
@@ -138,7 +146,7 @@ def block_at_last_position(block: nn.Module, h: torch.Tensor, valid: torch.Tenso
     if cap is not None:
         scores = torch.tanh(scores / cap) * cap
     keep = valid.bool()
-    window = getattr(attn, "sliding_window", None)
+    window = _sliding_window(attn)
     if window is not None:  # transformers: key j is visible from query i when i - j < window
         keep = keep & (torch.arange(length, device=h.device) > (length - 1) - window)
     scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
@@ -196,7 +204,7 @@ class OptionModel(nn.Module):
         in fp32, 2e-2 in half precision).
     """
 
-    def __init__(self, model, tokenizer, rule: OptionRule | None = None, strategy: str = "last_layer", *,
+    def __init__(self, model, tokenizer, rule: OptionRule, strategy: str = "last_layer", *,
                  cache: bool = True, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
                  batch_size: int = 16, cache_dir: str | os.PathLike | None = None, seed: int = 0,
@@ -204,7 +212,7 @@ class OptionModel(nn.Module):
         super().__init__()
         if strategy not in STRATEGIES:
             raise EngineError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-        self.rule = rule or OptionRule()
+        self.rule = rule
         self.options = self.rule.resolve(tokenizer)
         self.tokenizer = tokenizer
         self.strategy = strategy
@@ -223,6 +231,11 @@ class OptionModel(nn.Module):
                     "(e.g. letters A-K with leading_space=True) or strategy='lora'/'full' for multi_token scoring"
                 )
             decoder = model.get_decoder()
+            if not (hasattr(decoder, "layers") and hasattr(decoder, "norm")):
+                raise EngineError(
+                    f"the last_layer strategy expects a decoder with .layers and .norm (Llama/Gemma style); "
+                    f"{type(model).__name__} has none; use strategy='lora' or 'full'"
+                )
             block = decoder.layers[-1]
             if self.cached:
                 _check_block(block)

@@ -35,7 +35,6 @@ run's outputs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -687,7 +686,7 @@ def _exclusive_prefix_scores(logp: torch.Tensor, token_ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def option_probs(model, tokenizer, prompts: Sequence[str], rule: OptionRule | None = None,
+def option_probs(model, tokenizer, prompts: Sequence[str], rule: OptionRule,
                  batch_size: int = 16, progress: bool = False) -> OptionProbs:
     """Option probabilities for each prompt under ``rule`` (see :class:`OptionProbs`).
 
@@ -699,7 +698,6 @@ def option_probs(model, tokenizer, prompts: Sequence[str], rule: OptionRule | No
     """
     from tqdm.auto import tqdm
 
-    rule = rule or OptionRule()
     options = rule.resolve(tokenizer)
     ids = encode_prompts(tokenizer, prompts, rule, model=model)
     dev = model_device(model)
@@ -721,7 +719,3 @@ def option_probs(model, tokenizer, prompts: Sequence[str], rule: OptionRule | No
     probs = probs / probs.sum(axis=1, keepdims=True) if len(ids) else probs
     return OptionProbs(probs=probs, option_mass=mass, rule=rule, token_ids=options.token_ids)
 
-
-def prompt_fingerprint(token_ids: Sequence[int]) -> str:
-    """Stable hash of a token id sequence."""
-    return hashlib.sha256(np.asarray(token_ids, dtype=np.int64).tobytes()).hexdigest()

@@ -80,6 +80,49 @@ def test_cached_engine_equals_full_model_before_and_after_training(name):
     assert torch.equal(model.get_input_embeddings().weight, embedding)
 
 
+@pytest.mark.parametrize("arch", ["qwen2-sliding", "qwen3", "mistral-sliding", "gemma2"])
+def test_cached_engine_supports_other_llama_like_blocks(arch):
+    import transformers as tf
+
+    from dsalib.lm import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                  initializer_range=0.2, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+    config = {
+        "qwen2-sliding": lambda: tf.Qwen2Config(**common, use_sliding_window=True, sliding_window=8,
+                                                max_window_layers=0, attention_bias=True),
+        "qwen3": lambda: tf.Qwen3Config(**common),
+        "mistral-sliding": lambda: tf.MistralConfig(**common, sliding_window=8),
+        "gemma2": lambda: tf.Gemma2Config(**common, sliding_window=8, attn_implementation="eager"),
+    }[arch]()
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    prompts = make_prompts(6)
+    reference = option_probs(model, tok, prompts, RULE).probs
+    om = OptionModel(model, tok, RULE).prepare(prompts)  # prepare itself checks against the full model
+    assert np.abs(om.predict().numpy() - reference).max() <= 1e-4
+
+
+def test_unknown_architectures_and_wrong_cached_results_fail_loudly(monkeypatch):
+    import transformers as tf
+
+    from dsalib import engine
+    from dsalib.lm import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    gpt2 = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2)).eval()
+    with pytest.raises(EngineError, match="strategy='lora' or 'full'"):
+        OptionModel(gpt2, tok, RULE)
+    # a cached path that disagrees with the model's forward pass is caught at prepare()
+    model, tok = build_tiny_model(seed=0)
+    real = engine.block_at_last_position
+    monkeypatch.setattr(engine, "block_at_last_position", lambda *a: real(*a) + 1.0)
+    with pytest.raises(EngineError, match="disagrees with the model's forward pass"):
+        OptionModel(model, tok, RULE).prepare(make_prompts(3))
+
+
 def test_last_layer_trains_the_last_block_norm_and_option_rows_only():
     model, tok = build_tiny_model(seed=0)
     om = OptionModel(model, tok, RULE)

@@ -55,6 +55,14 @@ Answer with the letter of one option (A-K).
 Answer:"""
 
 
+def digit_prompt():
+    """SURVEY_PROMPT with options numbered 0-10 instead of lettered A-K."""
+    p = SURVEY_PROMPT.replace("letter", "number").replace("(A-K)", "(0-10)").replace("'Answer: C'", "'Answer: 2'")
+    for k in range(11):
+        p = p.replace(f"\n{chr(65 + k)}. ", f"\n{k}. ")
+    return p
+
+
 def make_prompts(n=6):
     return [
         f"Respondent {i}: age {20 + 7 * i}, region {'NSEW'[i % 4]}. " * (1 + i % 3)
@@ -273,7 +281,8 @@ def test_embedded_model_reads_letters(name):
     out = option_probs(model, tok, [SURVEY_PROMPT], LETTERS11)
     np.testing.assert_allclose(out.probs.sum(), 1.0, atol=1e-9)
     assert out.option_mass[0] > 0.3, out.option_mass
-    # digits 0-10 with exact multi-token scoring also work ("10" is two tokens)
-    digits = option_probs(model, tok, [SURVEY_PROMPT.replace("letter", "number")], DIGITS11)
+    # digits 0-10 after "Answer:" (" 10" is three tokens: space, 1, 0) with exact multi-token scoring
+    rule = OptionRule(labels=tuple(str(i) for i in range(11)), leading_space=True, scoring="multi_token")
+    digits = option_probs(model, tok, [digit_prompt()], rule)
     np.testing.assert_allclose(digits.probs.sum(), 1.0, atol=1e-9)
-    assert [len(t) for t in digits.token_ids][-1] == 2
+    assert len(digits.token_ids[-1]) == 3 and digits.option_mass[0] > 0.3, digits.option_mass
