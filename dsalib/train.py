@@ -13,9 +13,9 @@ Phase 1 (paper section 2.2; TKFT when used alone)
     zero count, where the reverse KL is infinite; ``"reverse"`` smooths the
     target with ``target_smoothing``.  Subgroup losses are combined with
     weights proportional to the training count (``weighting="count"``, the
-    default: in our measurements it beat the unweighted sum, see
-    ``../shared/DESIGN.md`` section 8) or equal weights (``"uniform"``, the
-    paper's plain sum).
+    default: it beat the unweighted sum in the prototype of DESIGN.md
+    section 8; with epoch selection the two were level on ESS9, see the
+    README) or equal weights (``"uniform"``, the paper's plain sum).
 
 Epoch selection
     The paper trains one epoch at lr 5e-5; a small model is far from converged
@@ -26,7 +26,8 @@ Epoch selection
     measured after every epoch, and the best epoch count is kept (early stop
     after ``patience`` epochs without improvement).  The model is then
     retrained from its initial weights on the whole training sample for that
-    many epochs (``refit=True``).  The evaluation truth is never used.
+    many epochs (done by :class:`dsalib.llm_methods.FineTuned`).  The
+    evaluation truth is never used.
 
 Phase 2 (paper section 2.3; DSA)
     After Phase 1, one quantile-mapping operator per single-attribute change
@@ -38,9 +39,10 @@ Phase 2 (paper section 2.3; DSA)
     the target for the smaller one, and the loss is
     ``KL(P_model(C|b_small) || target)`` (target smoothed by
     ``target_smoothing`` so the KL is finite).  Gradients flow only through the
-    smaller subgroup's prediction.  Phase 2 keeps its result only if the
-    validation cross-entropy does not get worse (``phase2_guard=True``); the
-    report says whether it was kept.
+    smaller subgroup's prediction.  :class:`dsalib.llm_methods.FineTuned`
+    keeps Phase 2 only if it does not raise the validation cross-entropy on
+    the fit/validation split (``guard=True``); the report says whether it was
+    kept.
 """
 
 from __future__ import annotations
