@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import quantile
 from .errors import DsaError
@@ -133,7 +134,7 @@ def _run_epochs(model, prompt_idx, dist, weights, cfg: Phase1Config, epochs: int
     params = model.parameters_to_train()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = []
-    for epoch in range(epochs):
+    for epoch in tqdm(range(epochs), desc="phase 1 epochs", leave=False, disable=None):
         order = rng.permutation(len(prompt_idx))
         total = 0.0
         for start in range(0, len(order), cfg.batch_size):
@@ -250,7 +251,7 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
         report.val_ce_before = validation_ce(model, val_idx, val.counts)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.AdamW(model.parameters_to_train(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _ in range(cfg.epochs):
+    for _ in tqdm(range(cfg.epochs), desc="phase 2 epochs", leave=False, disable=None):
         order = rng.permutation(len(ref))
         for start in range(0, len(order), cfg.batch_size):
             bsel = order[start:start + cfg.batch_size]
