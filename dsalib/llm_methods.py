@@ -78,6 +78,23 @@ class LanguageModel:
             rule=rule,
         )
 
+    def zero_shot_probs(self, prompt_list: Sequence[str], n_options: int) -> np.ndarray:
+        """Option probabilities of the pretrained model.
+
+        With single-token labels this runs through the cached last-layer engine
+        at its pretrained weights, so the frozen-prefix pass is shared with the
+        fine-tuned methods (the engine checks at ``prepare`` that it matches the
+        model's own forward pass to 1e-4); otherwise it uses
+        :func:`dsalib.lm.option_probs`.
+        """
+        if self.scoring != "single_token":
+            return self.option_probs(prompt_list, n_options).probs
+        om, initial = self.option_model(n_options, "last_layer")
+        om.load_state_dict(initial)
+        om.prepare(list(prompt_list))
+        p = om.predict().double().cpu().numpy()
+        return p / p.sum(axis=1, keepdims=True)
+
     def option_model(self, n_options: int, strategy: str = "last_layer"):
         """The shared trainable :class:`dsalib.engine.OptionModel` for a rule and strategy, and its initial weights.
 
@@ -145,7 +162,7 @@ class Direct(_PromptedMethod):
     def predict(self, keys) -> np.ndarray:
         self._require_fit()
         keys = _check_keys(self.train, keys)
-        return self.lm.option_probs(self._prompts(keys), self.train.n_options).probs
+        return self.lm.zero_shot_probs(self._prompts(keys), self.train.n_options)
 
     def option_mass(self, keys) -> np.ndarray:
         """Probability mass on the option tokens before normalisation."""
@@ -175,7 +192,7 @@ class AAE(_PromptedMethod):
     _classes: np.ndarray | None = field(default=None, repr=False)
 
     def _features(self, keys: np.ndarray) -> np.ndarray:
-        llm = self.lm.option_probs(self._prompts(keys), self.train.n_options).probs
+        llm = self.lm.zero_shot_probs(self._prompts(keys), self.train.n_options)
         parts = [np.log(np.clip(llm, 1e-9, None))]
         for j, levels in enumerate(self.train.levels):
             parts.append(np.eye(len(levels))[keys[:, j]])
