@@ -271,8 +271,7 @@ class FineTuned(_PromptedMethod):
         om, initial = self.lm.option_model(train.n_options, self.strategy)
         om.load_state_dict(initial)
         om.prepare(self._prompts(train.keys))
-        lookup = {tuple(k): i for i, k in enumerate(train.keys.tolist())}
-        index = lambda keys: np.array([lookup[tuple(k)] for k in np.asarray(keys).tolist()], dtype=np.int64)
+        index = train.index_of  # the prepared prompts are the training table's rows
         c1, c2 = self.phase1_config, self.phase2_config
         rep: dict = {"method": self.name, "strategy": self.strategy, "engine": om.describe()}
         keep_phase2 = self.phase2

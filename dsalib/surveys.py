@@ -327,7 +327,7 @@ def load_spec(name: str, spec_dir: Path | str | None = None) -> DatasetSpec:
 # --------------------------------------------------------------------------
 
 
-def data_dir(path: str | os.PathLike | None = None) -> Path:
+def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
     """The directory with downloaded archive files: argument, ``$DSA_DATA_DIR``, or ``./data``."""
     if path is not None:
         return Path(path)
@@ -502,7 +502,7 @@ def load_survey(
     uses the embedded extract.
     """
     spec = load_spec(name)
-    directory = globals()["data_dir"](data_dir)
+    directory = resolve_data_dir(data_dir)
     if source not in ("auto", "file", "embedded"):
         raise DsaError(f"source must be 'auto', 'file' or 'embedded', got {source!r}")
     candidates = [
