@@ -477,3 +477,49 @@ def write_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, **kw)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------
+# Provenance columns of result tables
+# --------------------------------------------------------------------------
+
+
+def provenance(survey=None, model: str | None = None, option_rule: Mapping | None = None,
+               seeds: Iterable[int] | None = None, **extra) -> dict:
+    """The columns every result table carries: data source and size, model, option rule, seeds, code version.
+
+    ``survey``: a :class:`dsalib.surveys.Survey` (its name, source and number
+    of respondents are recorded); ``option_rule``: e.g.
+    :meth:`dsalib.llm_methods.LanguageModel.describe` (recorded as compact
+    JSON; ``None`` for studies without a language model); ``extra``: further
+    scalar columns (e.g. ``truth_mode="full"``).
+    """
+    cv = code_version()
+    prov = {
+        "dataset": survey.name if survey is not None else None,
+        "data_source": survey.source_name if survey is not None else None,
+        "data_respondents": int(survey.n_respondents) if survey is not None else None,
+        "model": model,
+        "option_rule": json.dumps(dict(option_rule), sort_keys=True, default=str) if option_rule else None,
+        "seeds": " ".join(str(int(s)) for s in seeds) if seeds is not None else None,
+        "code_commit": cv["commit"][:12] if cv["commit"] != "unknown" else "unknown",
+        "code_dirty": cv["dirty"],
+    }
+    clash = sorted(set(extra) & set(prov))
+    if clash:
+        raise DsaError(f"provenance: {clash} are set from the other arguments")
+    prov.update(extra)
+    return prov
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, prov: Mapping, index: bool = False) -> Path:
+    """Write a result table as CSV with the provenance columns (:func:`provenance`) appended.
+
+    A column the table already has is left as it is (e.g. a per-row
+    ``dataset`` or ``model``), so tables that mix runs keep their own values.
+    """
+    out = df.reset_index() if index else df.copy()
+    for k, v in prov.items():
+        if k not in out.columns:
+            out[k] = v
+    return write_csv(out, path)
