@@ -24,6 +24,7 @@ training and evaluation and is reported by :meth:`LanguageModel.describe`.
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -51,6 +52,9 @@ class LanguageModel:
     prefix_cache_dir: str | None = None
     _probs_cache: dict = field(default_factory=dict, repr=False)
     _option_models: dict = field(default_factory=dict, repr=False)
+    _phase1_memo: dict = field(default_factory=dict, repr=False)
+    #: How many Phase 1 results :meth:`phase1_memo` keeps (each holds the trainable weights twice).
+    phase1_memo_size: int = 4
 
     @classmethod
     def load(cls, name: str = lm_mod.DEFAULT_MODEL, **kwargs) -> "LanguageModel":
@@ -114,6 +118,24 @@ class LanguageModel:
                              cache_dir=self.prefix_cache_dir)
             self._option_models[key] = (om, om.state_dict())
         return self._option_models[key]
+
+    def phase1_memo(self, key, compute):
+        """Memoised Phase 1: ``compute()`` once per ``key``, then its stored result.
+
+        TKFT and DSA share Phase 1 exactly (same data, prompts, configuration
+        and seed give the same weights), so DSA fitted after TKFT on the same
+        training sample reuses TKFT's Phase 1 instead of training it again.
+        ``compute`` returns ``(result, state_dict)``; the most recent
+        :attr:`phase1_memo_size` keys are kept.
+        """
+        if key in self._phase1_memo:
+            self._phase1_memo[key] = self._phase1_memo.pop(key)  # most recently used last
+            return self._phase1_memo[key]
+        value = compute()
+        self._phase1_memo[key] = value
+        while len(self._phase1_memo) > self.phase1_memo_size:
+            self._phase1_memo.pop(next(iter(self._phase1_memo)))
+        return value
 
     def describe(self, n_options: int | None = None) -> dict:
         d = {"model": self.name, "labels": self.labels, "leading_space": self.leading_space,
@@ -275,6 +297,26 @@ class FineTuned(_PromptedMethod):
         c1, c2 = self.phase1_config, self.phase2_config
         rep: dict = {"method": self.name, "strategy": self.strategy, "engine": om.describe()}
         keep_phase2 = self.phase2
+        memo_base = (self.strategy, train.n_options, self.template, train.question, tuple(train.attributes),
+                     hashlib.sha256(np.ascontiguousarray(train.keys).tobytes()
+                                    + np.ascontiguousarray(train.counts).tobytes()).hexdigest(),
+                     repr(sorted(asdict(c1).items())))
+
+        def phase1(table, **kw):
+            """Phase 1 from the initial weights on ``table`` (memoised: DSA reuses TKFT's run)."""
+            def compute():
+                om.load_state_dict(initial)
+                result = run_phase1(om, table, index, c1, **kw)
+                return result, om.state_dict()
+
+            if self.strategy == "full":  # a whole model per entry: not worth keeping
+                result, state = compute()
+            else:
+                tag = ("selection", table.n_respondents) if "val" in kw else ("final", kw.get("epochs"))
+                result, state = self.lm.phase1_memo(memo_base + tag, compute)
+            om.load_state_dict(state)
+            return copy.deepcopy(result)
+
         if c1.epochs is None:
             fit, val = split_counts(train, c1.val_fraction, c1.seed)
             if fit.n_subgroups == 0 or val.n_subgroups == 0:
@@ -282,7 +324,7 @@ class FineTuned(_PromptedMethod):
                     f"the training sample ({train.n_respondents} respondents) is too small to hold out "
                     f"{c1.val_fraction:.0%} for choosing the number of epochs; set a fixed number of epochs"
                 )
-            r1 = run_phase1(om, fit, index, c1, val=val)
+            r1 = phase1(fit, val=val)
             rep["selection"] = {"phase1_epochs": r1.epochs, "val_ce": r1.val_ce,
                                 "fit_respondents": fit.n_respondents, "val_respondents": val.n_respondents}
             if self.phase2:
@@ -291,10 +333,9 @@ class FineTuned(_PromptedMethod):
                 if r2.pairs == 0 or (c2.guard and r2.val_ce_after > r2.val_ce_before + 1e-6):
                     keep_phase2 = False
             epochs = r1.epochs
-            om.load_state_dict(initial)
         else:
             epochs = c1.epochs
-        r1 = run_phase1(om, train, index, c1, epochs=epochs)
+        r1 = phase1(train, epochs=epochs)
         rep["phase1"] = asdict(r1)
         if self.phase2:
             if keep_phase2:

@@ -32,14 +32,16 @@ def needs_model(name: str) -> bool:
 
 
 def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2=None,
-                strategy: str = "last_layer", seed: int = 0):
+                strategy: str = "last_layer", seed: int = 0, template: str = "default"):
     """Build the method called ``name`` (see the module docstring).
 
     ``phase1`` / ``phase2``: :class:`dsalib.train.Phase1Config` /
     :class:`~dsalib.train.Phase2Config` (or dicts of their fields) for the
     fine-tuned methods.  ``prior``: for ``EB-TKFT``/``EB-DSA``, an already
     fitted TKFT/DSA method to shrink toward (it is then not refitted);
-    without it the prior is fitted inside.
+    without it the prior is fitted inside.  ``template``: the prompt template
+    of Direct, AAE, TKFT and DSA (:data:`dsalib.prompts.TEMPLATES`; PE always
+    uses ``persona``).
     """
     from . import llm_methods as L
     from .shrinkage import EBShrinkage
@@ -59,11 +61,11 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
     if lm is None or survey is None:
         raise ParameterError(f"method {name!r} needs a language model and the survey (lm=..., survey=...)")
     if name == "Direct":
-        return L.Direct(lm, survey)
+        return L.Direct(lm, survey, template=template)
     if name == "PE":
         return L.persona(lm, survey)
     if name == "AAE":
-        return L.AAE(lm, survey, seed=seed)
+        return L.AAE(lm, survey, template=template, seed=seed)
     p1 = phase1 if isinstance(phase1, Phase1Config) else Phase1Config(**{"seed": seed, **(phase1 or {})})
     p2 = phase2 if isinstance(phase2, Phase2Config) else Phase2Config(**{"seed": seed, **(phase2 or {})})
     base = name.removeprefix("EB-")
@@ -71,6 +73,6 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
         if getattr(prior, "name", None) != base:
             raise ParameterError(f"{name} needs a fitted {base} method as its prior, got {getattr(prior, 'name', prior)!r}")
         return EBShrinkage(prior=prior, prior_fitted=True, name=name)
-    ft = L.FineTuned(lm=lm, survey=survey, name=base, phase2=(base == "DSA"), strategy=strategy,
+    ft = L.FineTuned(lm=lm, survey=survey, template=template, name=base, phase2=(base == "DSA"), strategy=strategy,
                      phase1_config=p1, phase2_config=p2)
     return EBShrinkage(prior=ft, name=name) if name.startswith("EB-") else ft

@@ -18,13 +18,29 @@
 #
 # For each core question and training sample (seed), a random sample of `n`
 # respondents is the training set; the ground truth is the full data
-# (`mode="full"`, the paper's) or the respondents outside the sample
-# (`mode="heldout"`). Every method is fitted on the training sample and scored
-# on every truth subgroup with at least `min_eval_size` respondents. The noise
+# (`full`, the paper's) or the respondents outside the sample (`heldout`).
+# Every method is fitted once on the training sample and scored against each
+# truth on every subgroup with at least `min_eval_size` respondents. The noise
 # floor row is the error of a same-size bootstrap resample of each truth
 # subgroup against itself. All logic lives in `dsalib.experiments`; results are
-# stored per (question, seed, method) in `output_dir/store`, so an interrupted
-# run resumes.
+# stored per (question, seed, method) in a shared store under `store_root`,
+# so an interrupted run resumes and the other studies reuse the results.
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from dsalib import experiments, methods as method_registry, notebook_params, results, surveys
+from dsalib.experiments import EnhancementConfig
+
+sns.set_theme(style="whitegrid")
+_names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
 # Every setting of this study (papermill overrides them with -f params/enhancement/<name>.yaml).
@@ -33,39 +49,39 @@ questions = None  # core questions; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
 n = 500  # training sample size
 seeds = [0, 1, 2, 3, 4]  # one training sample per seed
-mode = "full"  # ground truth: "full" (paper) or "heldout"
+modes = ["full", "heldout"]  # ground truth: full (the paper) and/or heldout; each method is fitted once for all
 methods = ["TS", "MNL", "POLR", "EB-MNL", "Direct", "PE", "AAE", "TKFT", "DSA", "EB-DSA"]
 model = "smollm2-135m"  # embedded name, local path or hub id
+template = "default"  # prompt template of Direct, AAE, TKFT and DSA (PE uses persona)
 phase1 = {}  # dsalib.train.Phase1Config fields, e.g. {"lr": 5e-5, "weighting": "count"}
 phase2 = {}  # dsalib.train.Phase2Config fields, e.g. {"min_pair_size": 10}
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+store_root = "cache/runs"  # shared resumable result stores reused by the other studies; None keeps them in output_dir
 output_dir = "outputs/enhancement/ess9"  # relative paths are under the repository root
 
+# %% [markdown]
+# Every parameter is checked before anything runs: an unknown name, method,
+# truth mode or template, a question the dataset does not have, or a
+# background level without respondents stops here with a message that names it.
+
 # %%
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import seaborn as sns
-from IPython.display import Markdown, display
-from myst_nb import glue
-
-from dsalib import experiments, methods as method_registry, results, surveys
-from dsalib.experiments import EnhancementConfig
-
+params = notebook_params.given_parameters("enhancement", globals(), _names_before_parameters)
 cfg = EnhancementConfig(dataset=dataset, questions=questions, background=background, n=n, seeds=tuple(seeds),
-                        mode=mode, methods=tuple(methods), model=model, min_eval_size=min_eval_size,
-                        phase1=dict(phase1), phase2=dict(phase2), strategy=strategy)
-cfg.check()  # a clear message here for an unknown method, mode or a malformed n
+                        mode=modes[0] if modes else "full", methods=tuple(methods), model=model,
+                        min_eval_size=min_eval_size, phase1=dict(phase1), phase2=dict(phase2), strategy=strategy,
+                        template=template)
+cfg.check()
 survey = surveys.load_survey(dataset)
 qs = surveys.iter_questions(survey, questions)
+attrs = survey.check_background(background)
+for q in qs:
+    surveys.check_levels_populated(survey, q, attrs)
 out = results.resolve_output_dir(output_dir)
+store_root = store_root or str(out / "stores")
 display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
-                 f"questions {', '.join(qs)}; training size n = {n}; seeds {list(seeds)}; truth mode `{mode}`."))
+                 f"questions {', '.join(qs)}; training size n = {n}; seeds {list(seeds)}; truth modes {list(modes)}."))
 
 # %%
 lm = None
@@ -73,68 +89,78 @@ if any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
     lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
-res = experiments.run_enhancement(cfg, out / "store", lm=lm)
-results.write_csv(res.drop(columns=[c for c in res.columns if res[c].map(lambda v: isinstance(v, (dict, list))).any()]),
-                  out / "results.csv")
-params = dict(dataset=dataset, questions=questions, background=background, n=n, seeds=seeds, mode=mode,
-              methods=methods, model=model, phase1=phase1, phase2=phase2, strategy=strategy,
-              min_eval_size=min_eval_size, prefix_cache=prefix_cache, output_dir=output_dir)
-meta = results.write_metadata(out, study="enhancement", params=params,
-                              option_rule=lm.describe() if lm else None, data=survey.describe())
+res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
+res = res[res.question.isin(qs) & res.seed.isin(list(seeds)) & res.method.isin(list(methods) + ["floor"])]
+prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
+                          seeds=seeds, n=n, template=template)
+flat = res.drop(columns=[c for c in res.columns if res[c].map(lambda v: isinstance(v, (dict, list))).any()])
+results.write_table(flat, out / "results.csv", prov)
+per = experiments.load_per_subgroup_modes(cfg, modes, store_root)
+per = per[per.question.isin(qs) & per.seed.isin(list(seeds)) & per.method.isin(list(methods) + ["floor"])]
+results.write_table(per, out / "per_subgroup.csv", prov)
+meta = results.write_metadata(out, study="enhancement", params=params, option_rule=lm.describe() if lm else None,
+                              data=survey.describe(),
+                              stores=[str(experiments.store_dir_for(cfg, m, store_root)) for m in modes])
 
 # %% [markdown]
 # ## The table: mean over questions and training samples
 #
 # JSD is the divergence (natural log); WD is Wasserstein-1 on option positions
 # 0..K-1 (`wd_mean`) and divided by K-1 (`wd_scaled_mean`); both are unweighted
-# means over evaluated subgroups.
+# means over evaluated subgroups. One block per truth mode; `floor` is the
+# noise floor.
 
 # %%
-table = experiments.summary_table(res)
-results.write_csv(table.reset_index(), out / "summary.csv")
+table = experiments.summary_table(res, by=["truth_mode"])
+results.write_table(table.reset_index(), out / "summary.csv", prov)
 display(table.round(4))
-for m, row in table.iterrows():
+for (mode, m), row in table.iterrows():
     glue(f"enh_{dataset}_{mode}_{m}_jsd", float(row["jsd_mean"]), display=False)
     glue(f"enh_{dataset}_{mode}_{m}_wd", float(row["wd_scaled_mean"]), display=False)
-glue(f"enh_{dataset}_{mode}_table", table.round(4), display=False)
+for mode in modes:
+    glue(f"enh_{dataset}_{mode}_table", table.loc[mode].round(4), display=False)
+glue(f"enh_{dataset}_n_respondents", int(survey.n_respondents), display=False)
+glue(f"enh_{dataset}_questions", ", ".join(qs), display=False)
 
 # %%
-per_q = res.pivot_table(index="question", columns="method", values="jsd_mean", aggfunc="mean")
+per_q = res.pivot_table(index=["truth_mode", "question"], columns="method", values="jsd_mean", aggfunc="mean")
 display(per_q.round(4))
-fig, ax = plt.subplots(figsize=(8, 3.5))
-sns.barplot(data=res, x="method", y="jsd_mean", order=list(table.index), errorbar="sd", ax=ax, color="#4c72b0")
-ax.set_ylabel("mean JSD over subgroups")
-ax.set_title(f"Enhancement on {dataset} ({mode} truth, n = {n})")
-plt.xticks(rotation=30)
-plt.tight_layout()
-results.write_figure(fig, out / "jsd_by_method.png")
-glue(f"enh_{dataset}_{mode}_fig", fig, display=False)
+order = [m for m in table.loc[modes[0]].index]
+grid = sns.catplot(data=res, x="method", y="jsd_mean", col="truth_mode", kind="bar", order=order, errorbar="sd",
+                   color="#4c72b0", height=3.5, aspect=1.4)
+grid.set_axis_labels("", "mean JSD over subgroups")
+grid.figure.suptitle(f"Enhancement on {dataset} (n = {n}, {len(qs)} questions x {len(seeds)} samples)", y=1.03)
+for ax in grid.axes.flat:
+    ax.tick_params(axis="x", rotation=35)
+results.write_figure(grid.figure, out / "jsd_by_method.png")
+glue(f"enh_{dataset}_fig", grid.figure, display=False)
 plt.show()
 
 # %% [markdown]
 # ## Example distributions of small subgroups (paper appendix A, Fig. 8)
 #
-# The two smallest evaluated subgroups of the first question and seed: the
-# truth (dashed) against each method's prediction.
+# The two smallest evaluated subgroups of the first question and seed (full
+# truth): the truth (dashed) against each method's prediction.
 
 # %%
-per = experiments.load_per_subgroup(out / "store")
-first = per[(per.question == qs[0]) & (per.seed == list(seeds)[0])]
+first = per[(per.question == qs[0]) & (per.seed == list(seeds)[0]) & (per.truth_mode == modes[0])]
 truth = first[first.method == "floor"].sort_values("n").head(2)
 show = [m for m in ["TS", "MNL", "Direct", "TKFT", "DSA", "EB-DSA"] if m in set(first.method)]
 fig, axes = plt.subplots(1, len(truth), figsize=(5 * len(truth), 3.2), squeeze=False)
 for ax, (_, t) in zip(axes[0], truth.iterrows()):
-    tcols = sorted([c for c in first.columns if c.startswith("truth_")], key=lambda c: int(c.split("_")[1]))
+    tcols = sorted([c for c in first.columns if c.startswith("truth_") and c.split("_")[1].isdigit()
+                    and pd.notna(t[c])], key=lambda c: int(c.split("_")[1]))
     ax.plot(range(len(tcols)), t[tcols].to_numpy(float), "k--", label="truth")
     for m in show:
         row = first[(first.method == m) & (first.subgroup == t.subgroup)].iloc[0]
         pcols = [c.replace("truth_", "pred_") for c in tcols]
         ax.plot(range(len(pcols)), row[pcols].to_numpy(float), marker="o", ms=3, label=f"{m} (JSD {row.jsd:.3f})")
-    ax.set_title(f"{t.subgroup}\n(truth n = {t.n}, training n = {t.train_n})", fontsize=8)
+    ax.set_title(f"{t.subgroup}\n(truth n = {int(t.n)}, training n = {int(t.train_n)})", fontsize=8)
     ax.set_xlabel("option position")
 axes[0][0].legend(fontsize=7)
 plt.tight_layout()
 results.write_figure(fig, out / "small_subgroups.png")
+glue(f"enh_{dataset}_small_fig", fig, display=False)
 plt.show()
 
 # %% [markdown]
