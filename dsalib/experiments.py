@@ -167,11 +167,12 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
                 fit_seconds = time.perf_counter() - t0
                 fitted[name] = method
                 for mode in todo:
-                    truth = splits[mode].truth
+                    # only evaluated subgroups are predicted: smaller ones would cost prompts for nothing
+                    truth = splits[mode].truth.subset(splits[mode].truth.n >= cfg.min_eval_size)
                     t1 = time.perf_counter()
                     pred = method.predict(truth.keys)
                     per = metrics.evaluate(pred, truth, cfg.min_eval_size)
-                    per = with_distributions(per, pred[truth.n >= cfg.min_eval_size], "pred")
+                    per = with_distributions(per, pred, "pred")
                     record = {**contexts[mode], **metrics.summarize(per),
                               "seconds": fit_seconds + time.perf_counter() - t1, "fit_seconds": fit_seconds}
                     if methods.needs_model(name):
