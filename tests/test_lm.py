@@ -26,13 +26,7 @@ LETTERS11 = OptionRule.letters(11)
 DIGITS11 = OptionRule(labels=tuple(str(i) for i in range(11)), leading_space=False, scoring="multi_token")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine they lose a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SURVEY_PROMPT = """Example answer format: 'Answer: C'.
 The following person took part in a survey in Great Britain.
