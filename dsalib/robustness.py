@@ -1,0 +1,272 @@
+"""Robustness and ablation tables (DSA paper sections 3.7, 3.9, 3.10; Tables 3, 4, 5).
+
+All functions work on the tables the Enhancement stores hold
+(:func:`dsalib.experiments.run_enhancement`, one row per question, seed,
+method and truth mode; :func:`dsalib.experiments.load_per_subgroup_modes`, one
+row per evaluated subgroup with its ``pred_*`` and ``truth_*`` distribution).
+
+Better than TS (Table 3)
+    :func:`better_than_reference` pairs each method's per-subgroup error with
+    the training sample's (``TS``) on the same subgroup, question, seed and
+    truth mode and counts the subgroups where the method is strictly closer to
+    the truth.  Shares are pooled over subgroups (the paper's "proportion of
+    backgrounds"); ``floor`` (a same-size resample of the truth) is the
+    reference row: it says how often pure sampling noise of the truth size
+    already beats the training sample.
+
+Prompt consistency (Table 4)
+    :func:`pairwise_template_jsd` takes one method's predictions for the same
+    subgroup under several prompt templates and averages the JSD over every
+    pair of templates (lower = more robust to wording).
+
+Ablations (Table 5)
+    :func:`label_runs` tags a results table with the ablation settings (model,
+    strategy, Phase 1 epoch rule), :func:`ablation_summary` averages each
+    setting over questions and seeds (checking that every setting covers the
+    same runs), :func:`paired_difference` compares two methods run by run and
+    :func:`phase2_reports` unpacks DSA's Phase 2 report (pairs, kept or not).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .errors import DsaError
+
+#: The columns that identify one fitted result (besides the method).
+RUN_KEYS = ("truth_mode", "question", "seed")
+#: Rows that are never methods in a comparison table.
+REFERENCE_ROWS = ("floor",)
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise DsaError(f"{what} needs the column(s) {missing}; it has {sorted(df.columns)}")
+
+
+def better_than_reference(per: pd.DataFrame, methods: Sequence[str] | None = None, reference: str = "TS",
+                          metric: str = "jsd", group: Sequence[str] = RUN_KEYS) -> pd.DataFrame:
+    """Per group (default truth mode, question, seed) and method: subgroups where the method beats ``reference``.
+
+    ``per``: per-subgroup rows (columns ``method``, ``subgroup``, ``metric`` and
+    the ``group`` columns).  Returns one row per group and method with
+    ``better`` (count of subgroups with error strictly below the reference's),
+    ``subgroups`` (subgroups compared) and ``share`` (their ratio, as
+    :func:`dsalib.metrics.better_share`).  A method missing a subgroup the
+    reference has (or the other way round) is an error: the comparison must be
+    on the same subgroups.
+    """
+    group = list(group)
+    _require(per, group + ["method", "subgroup", metric], "better_than_reference")
+    if reference not in set(per.method):
+        raise DsaError(f"no {reference!r} rows to compare with; run {reference} with the other methods")
+    methods = [m for m in (methods or sorted(set(per.method))) if m != reference]
+    absent = [m for m in methods if m not in set(per.method)]
+    if absent:
+        raise DsaError(f"no per-subgroup rows for method(s) {absent}; present: {sorted(set(per.method))}")
+    ref = per[per.method == reference].set_index(group + ["subgroup"])[metric]
+    if ref.index.duplicated().any():
+        raise DsaError(f"{reference} has duplicate rows for a subgroup; group by more columns than {group}")
+    rows = []
+    for m in methods:
+        mine = per[per.method == m].set_index(group + ["subgroup"])[metric]
+        if mine.index.duplicated().any():
+            raise DsaError(f"{m} has duplicate rows for a subgroup; group by more columns than {group}")
+        ref_here = ref[ref.index.droplevel("subgroup").isin(mine.index.droplevel("subgroup").unique())]
+        if len(mine) != len(ref_here) or not mine.index.sort_values().equals(ref_here.index.sort_values()):
+            raise DsaError(f"{m} and {reference} were evaluated on different subgroups; compare runs of the "
+                           "same truth (same truth mode, question, seed and min_eval_size)")
+        both = pd.DataFrame({"m": mine, "r": ref_here.reindex(mine.index)})
+        for keys, g in both.groupby(level=group, sort=True):
+            keys = keys if isinstance(keys, tuple) else (keys,)
+            share = metrics.better_share(g["m"].to_numpy(), g["r"].to_numpy())
+            rows.append({**dict(zip(group, keys)), "method": m, "better": int(round(share * len(g))),
+                         "subgroups": int(len(g)), "share": share})
+    return pd.DataFrame(rows)
+
+
+def pool_shares(shares: pd.DataFrame, by: Sequence[str] = ("truth_mode",)) -> pd.DataFrame:
+    """Pool :func:`better_than_reference` rows over everything not in ``by``: better / subgroups per method.
+
+    Also gives the spread of the per-row shares (``share_min``, ``share_max``)
+    and how many rows (e.g. question x seed) were pooled (``runs``).
+    """
+    by = list(by)
+    _require(shares, by + ["method", "better", "subgroups", "share"], "pool_shares")
+    g = shares.groupby(by + ["method"], sort=False)
+    out = g.agg(better=("better", "sum"), subgroups=("subgroups", "sum"), share_min=("share", "min"),
+                share_max=("share", "max"), runs=("share", "size")).reset_index()
+    out.insert(len(by) + 1, "share", out.better / out.subgroups)
+    return out
+
+
+def prediction_columns(df: pd.DataFrame, prefix: str = "pred") -> list[str]:
+    """``<prefix>_0``, ``<prefix>_1``, ... in option order."""
+    cols = [c for c in df.columns if c.startswith(prefix + "_") and c[len(prefix) + 1:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[len(prefix) + 1:]))
+
+
+def pairwise_template_jsd(per: pd.DataFrame, templates: Sequence[str] | None = None,
+                          methods: Sequence[str] | None = None,
+                          keys: Sequence[str] = ("question", "seed", "subgroup")) -> pd.DataFrame:
+    """Mean pairwise JSD of each method's predictions across prompt templates, per subgroup.
+
+    ``per``: per-subgroup rows with columns ``template``, ``method``, the
+    ``keys`` and ``pred_0..pred_{K-1}`` (NaN past a question's K options).
+    For every method and key (a subgroup of one question and seed) the
+    predictions under each pair of templates are compared; returns one row
+    per method and key with ``pairwise_jsd`` (mean over the pairs),
+    ``max_pair_jsd`` and ``templates``.  A method with a (question, seed) run
+    missing under some template, or a subgroup predicted under some templates
+    but not others, is an error.
+    """
+    keys = list(keys)
+    _require(per, ["template", "method"] + keys, "pairwise_template_jsd")
+    templates = list(dict.fromkeys(templates or sorted(set(per.template))))
+    if len(templates) < 2:
+        raise DsaError(f"pairwise consistency needs at least two prompt templates, got {templates}")
+    methods = list(dict.fromkeys(methods or sorted(set(per.method))))
+    pcols = prediction_columns(per)
+    if not pcols:
+        raise DsaError("no pred_* columns: load the per-subgroup tables of the stores (with distributions)")
+    per = per[per.template.isin(templates) & per.method.isin(methods)]
+    rows = []
+    for m in methods:
+        sub = per[per.method == m]
+        if sub.empty:
+            raise DsaError(f"no predictions of method {m!r} under templates {templates}")
+        wide = {}
+        for t in templates:
+            st = sub[sub.template == t].set_index(keys)
+            if st.empty:
+                raise DsaError(f"method {m!r} has no predictions under template {t!r}")
+            if st.index.duplicated().any():
+                raise DsaError(f"method {m!r} has duplicate predictions for one subgroup under template {t!r}")
+            wide[t] = st[pcols]
+        index = wide[templates[0]].index
+        for t in templates[1:]:
+            if not wide[t].index.sort_values().equals(index.sort_values()):
+                diff = wide[t].index.symmetric_difference(index)
+                raise DsaError(f"method {m!r}: templates {templates[0]!r} and {t!r} cover different subgroups "
+                               f"(e.g. {list(diff[:3])}); run every template on the same questions and seeds")
+        stack = np.stack([wide[t].reindex(index).to_numpy(float) for t in templates])  # T x S x K
+        valid = ~np.isnan(stack).any(axis=0)  # S x K: options the question has
+        pair_vals = []
+        for a, b in combinations(range(len(templates)), 2):
+            vals = np.empty(len(index))
+            for k_opts in np.unique(valid.sum(axis=1)):
+                rows_k = valid.sum(axis=1) == k_opts
+                pa = stack[a][rows_k][:, :k_opts]
+                pb = stack[b][rows_k][:, :k_opts]
+                vals[rows_k] = metrics.jsd(pa, pb)
+            pair_vals.append(vals)
+        pv = np.stack(pair_vals)
+        frame = index.to_frame(index=False)
+        frame.insert(0, "method", m)
+        frame["pairwise_jsd"] = pv.mean(axis=0)
+        frame["max_pair_jsd"] = pv.max(axis=0)
+        frame["templates"] = len(templates)
+        rows.append(frame)
+    return pd.concat(rows, ignore_index=True)
+
+
+def consistency_summary(pairwise: pd.DataFrame, by: Sequence[str] = ("method",), scale: float = 100.0
+                        ) -> pd.DataFrame:
+    """Mean (and spread) of :func:`pairwise_template_jsd` per ``by``; ``pairwise_jsd_x100`` as the paper's Table 4."""
+    by = list(by)
+    _require(pairwise, by + ["pairwise_jsd", "max_pair_jsd"], "consistency_summary")
+    out = pairwise.groupby(by, sort=False).agg(pairwise_jsd=("pairwise_jsd", "mean"),
+                                               pairwise_jsd_sd=("pairwise_jsd", "std"),
+                                               max_pair_jsd=("max_pair_jsd", "max"),
+                                               subgroups=("pairwise_jsd", "size")).reset_index()
+    out.insert(len(by), f"pairwise_jsd_x{scale:g}", out.pairwise_jsd * scale)
+    return out
+
+
+def template_errors(res: pd.DataFrame, metric: str = "jsd_mean", by: Sequence[str] = ("truth_mode",)) -> pd.DataFrame:
+    """Each method's mean error under each template (rows: ``by`` + method; columns: templates)."""
+    by = list(by)
+    _require(res, by + ["method", "template", metric], "template_errors")
+    return res.pivot_table(index=by + ["method"], columns="template", values=metric, aggfunc="mean")
+
+
+def label_runs(res: pd.DataFrame, **labels) -> pd.DataFrame:
+    """A copy of ``res`` with constant columns for the ablation settings (e.g. ``model=..., strategy=...``)."""
+    out = res.copy()
+    for k, v in labels.items():
+        out[k] = v
+    return out
+
+
+PHASES = {"TKFT": "1", "DSA": "1+2"}
+
+
+def ablation_summary(runs: pd.DataFrame, settings: Sequence[str],
+                     metric_cols: Sequence[str] = ("wd_scaled_mean", "wd_mean", "jsd_mean"),
+                     by: Sequence[str] = ("truth_mode",)) -> pd.DataFrame:
+    """Mean of each setting (``settings`` columns + method) over questions and seeds, with a ``phase`` column.
+
+    Every setting of a method must cover the same (question, seed) runs as the
+    others within a truth mode, otherwise the means are not comparable and
+    this raises.  ``floor`` and ``TS`` rows are kept as references (phase
+    ``-``).
+    """
+    settings, by = list(settings), list(by)
+    _require(runs, by + settings + ["method", "question", "seed"] + list(metric_cols), "ablation_summary")
+    runs = runs.copy()
+    for (mode_key), g in runs.groupby(by, sort=False):
+        cover = g.groupby(settings + ["method"], sort=False).apply(
+            lambda x: frozenset(zip(x.question, x.seed)), include_groups=False)
+        if cover.nunique() > 1:
+            sizes = {tuple(np.atleast_1d(k)): len(v) for k, v in cover.items()}
+            raise DsaError(f"ablation settings cover different (question, seed) runs in {dict(zip(by, np.atleast_1d(mode_key)))}: "
+                           f"{sizes}; run every setting on the same questions and seeds")
+    runs["phase"] = runs.method.map(PHASES).fillna("-")
+    out = runs.groupby(by + settings + ["method", "phase"], sort=False, dropna=False).agg(
+        **{c: (c, "mean") for c in metric_cols}, runs=("seed", "size")).reset_index()
+    return out
+
+
+def paired_difference(res: pd.DataFrame, method: str, baseline: str, metric: str = "wd_scaled_mean",
+                      group: Sequence[str] = ("truth_mode",)) -> pd.DataFrame:
+    """``method`` minus ``baseline`` on the same runs (question, seed): mean difference and share where lower."""
+    group = list(group)
+    _require(res, group + ["method", "question", "seed", metric], "paired_difference")
+    idx = group + ["question", "seed"]
+    a = res[res.method == method].set_index(idx)[metric]
+    b = res[res.method == baseline].set_index(idx)[metric]
+    common = a.index.intersection(b.index)
+    if len(common) == 0:
+        raise DsaError(f"{method} and {baseline} have no run (question, seed) in common")
+    d = (a.loc[common] - b.loc[common]).rename("diff").reset_index()
+    out = d.groupby(group, sort=False)["diff"].agg(mean_diff="mean", sd_diff="std", runs="size",
+                                                   lower_share=lambda x: float((x < 0).mean())).reset_index()
+    out.insert(len(group), "comparison", f"{method} - {baseline}")
+    return out
+
+
+def phase2_reports(res: pd.DataFrame, method: str = "DSA") -> pd.DataFrame:
+    """One row per stored ``method`` run: chosen Phase 1 epochs, Phase 2 pairs, attribute changes, kept or not."""
+    _require(res, ["method", "question", "seed", "report"], "phase2_reports")
+    sub = res[res.method == method]
+    if "truth_mode" in sub.columns:  # one fit serves every truth mode: report it once
+        sub = sub[sub.truth_mode == sub.truth_mode.iloc[0]] if len(sub) else sub
+    rows = []
+    for _, r in sub.iterrows():
+        rep = r.report if isinstance(r.report, Mapping) else {}
+        p1, p2 = rep.get("phase1", {}) or {}, rep.get("phase2", {}) or {}
+        sel = rep.get("selection", {}) or {}
+        rows.append({"question": r.question, "seed": int(r.seed), "strategy": rep.get("strategy"),
+                     "phase1_epochs": p1.get("epochs"), "epochs_selected": bool(sel),
+                     "phase2_pairs": p2.get("pairs"), "attribute_changes": p2.get("attribute_changes"),
+                     "phase2_steps": p2.get("steps"), "phase2_kept": rep.get("phase2_kept"),
+                     "note": p2.get("note") or ""})
+    if not rows:
+        raise DsaError(f"no {method} runs with a report to summarise")
+    return pd.DataFrame(rows)

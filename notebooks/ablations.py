@@ -1,0 +1,296 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Ablations: training phases, fine-tuning strategy and model (paper section 3.10, Table 5)
+#
+# Three comparisons on the Enhancement protocol (same training samples and truths as the enhancement study):
+#
+# 1. **Phase 1 vs Phase 1 + 2**: TKFT (Phase 1 only) against DSA (Phase 1 then
+#    the distribution-shift alignment of Phase 2) with the default settings
+#    (last-layer training, Phase 1 epochs chosen on a validation split), on
+#    the questions and training samples of the enhancement study. DSA's
+#    report says how many Hamming-1 training pairs Phase 2 used and whether the
+#    validation guard kept it.
+# 2. **Fine-tuning strategy**: only the last transformer block (`last_layer`,
+#    the default, trained from a cached frozen prefix), LoRA adapters (`lora`)
+#    or every weight (`full`). LoRA and full have no prefix cache and cost a full
+#    forward and backward pass per prompt per epoch, so all three are run with
+#    the **same fixed number of Phase 1 epochs** (`fixed_epochs`) for a fair
+#    comparison; the last-layer row with epochs chosen on validation is shown
+#    beside them.
+# 3. **Model**: the embedded SmolLM2-135M and Gemma-3-270M (and any model in
+#    `models`: embedded name, local folder or hub id in the local cache), each
+#    with the default settings.
+#
+# The strategy and model comparisons run on a subset of questions and training
+# samples (`subset_questions`, `subset_seeds`) because LoRA, full fine-tuning and
+# larger models are slow on a CPU. Results go to the shared Enhancement stores, so runs with the settings of the
+# enhancement study are reused, not refitted. Every table carries TS and the
+# noise floor as reference rows. Logic lives in `dsalib.robustness`.
+
+# %%
+import gc
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from dsalib import experiments, notebook_params, results, robustness, surveys
+from dsalib.errors import ParameterError
+from dsalib.experiments import EnhancementConfig
+
+sns.set_theme(style="whitegrid")
+_names_before_parameters = set(globals())
+
+# %% tags=["parameters"]
+# Every setting of this study (papermill overrides them with -f params/ablations/<name>.yaml).
+dataset = "ess9"  # a spec in params/datasets
+questions = None  # core questions of the phase comparison; None means every question of the dataset
+background = None  # background attributes; None means the default set of the source
+n = 500  # training sample size
+seeds = [0, 1, 2, 3, 4]  # training samples of the phase comparison (as the enhancement study, so reused)
+subset_questions = ["imbgeco"]  # questions of the strategy and model comparisons (lora, full and other models are slow)
+subset_seeds = [0, 1]  # training samples of the strategy and model comparisons
+modes = ["full", "heldout"]  # ground truth(s); each setting is fitted once for all
+model = "smollm2-135m"  # model of the phase and strategy comparisons
+models = ["smollm2-135m", "gemma3-270m"]  # models compared with the default settings; empty skips that part
+strategies = ["last_layer", "lora", "full"]  # fine-tuning strategies compared; empty skips that part
+fixed_epochs = 1  # Phase 1 epochs of every strategy row (lora and full are too slow for epoch selection on CPU)
+phase1 = {}  # dsalib.train.Phase1Config fields shared by every row (epochs is set by the strategy rows)
+phase2 = {}  # dsalib.train.Phase2Config fields
+min_eval_size = 10  # smallest truth subgroup that is evaluated
+prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
+output_dir = "outputs/ablations/ess9"  # relative paths are under the repository root
+
+# %% [markdown]
+# Every parameter is checked before anything runs.
+
+# %%
+params = notebook_params.given_parameters("ablations", globals(), _names_before_parameters)
+STRATEGIES = ("last_layer", "lora", "full")
+bad = [s for s in strategies if s not in STRATEGIES]
+if bad:
+    raise ParameterError(f"unknown strategy {bad}; choose from {STRATEGIES}")
+if isinstance(fixed_epochs, bool) or not isinstance(fixed_epochs, int) or fixed_epochs < 1:
+    raise ParameterError(f"fixed_epochs must be a positive integer, got {fixed_epochs!r}")
+if "epochs" in phase1:
+    raise ParameterError("phase1 must not set epochs: the phase and model rows choose them on validation "
+                         "and the strategy rows use fixed_epochs")
+if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) and m for m in models):
+    raise ParameterError(f"models must be a list of model names, local folders or hub ids, got {models!r}")
+if len(set(models)) != len(models) or len(set(strategies)) != len(strategies):
+    raise ParameterError("models and strategies must not repeat an entry")
+METHODS = ("TS", "TKFT", "DSA")
+
+
+def config(model_=model, strategy="last_layer", epochs=None, subset=True):
+    p1 = dict(phase1) if epochs is None else {**phase1, "epochs": epochs}
+    cfg = EnhancementConfig(dataset=dataset, questions=subset_questions if subset else questions,
+                            background=background, n=n, seeds=tuple(subset_seeds if subset else seeds),
+                            mode=modes[0] if modes else "full", methods=METHODS, model=model_,
+                            min_eval_size=min_eval_size, phase1=p1, phase2=dict(phase2), strategy=strategy)
+    cfg.check()
+    return cfg
+
+
+default_cfg = config(subset=False)
+subset_cfg = config()
+survey = surveys.load_survey(dataset)
+qs = surveys.iter_questions(survey, questions)
+sqs = surveys.iter_questions(survey, subset_questions)
+if not subset_seeds:
+    raise ParameterError("subset_seeds must list at least one seed")
+attrs = survey.check_background(background)
+for q in dict.fromkeys(qs + sqs):
+    surveys.check_levels_populated(survey, q, attrs)
+out = results.resolve_output_dir(output_dir)
+store_root = store_root or str(out / "stores")
+display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
+                 f"n = {n}; truth modes {list(modes)}. Phase comparison: questions {', '.join(qs)}, seeds {list(seeds)}. "
+                 f"Strategy and model comparisons: questions {', '.join(sqs)}, seeds {list(subset_seeds)}; "
+                 f"strategies {list(strategies)} at {fixed_epochs} Phase 1 epoch(s); models {list(models)}."))
+
+# %%
+from dsalib.llm_methods import LanguageModel
+
+prefix_dir = str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None
+rules = {}
+
+
+def run(cfg, lm):
+    res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
+    return res[res.question.isin(list(cfg.questions or qs)) & res.seed.isin(list(cfg.seeds))
+               & res.method.isin(list(METHODS) + ["floor"])]
+
+
+timing = []
+runs = []
+lm = LanguageModel.load(model, prefix_cache_dir=prefix_dir)
+rules[model] = lm.describe()
+res_default = run(default_cfg, lm)
+runs.append(robustness.label_runs(res_default, part="phase", model=model, strategy="last_layer",
+                                  epochs="selected"))
+res_subset = run(subset_cfg, lm)  # the same store: runs already done above are reused
+runs.append(robustness.label_runs(res_subset, part="selected", model=model, strategy="last_layer", epochs="selected"))
+for s in strategies:
+    r = run(config(strategy=s, epochs=fixed_epochs), lm)
+    runs.append(robustness.label_runs(r, part="strategy", model=model, strategy=s, epochs=str(fixed_epochs)))
+for m in models:
+    if m == model:
+        r = res_subset
+    else:
+        lm = None
+        gc.collect()
+        lm = LanguageModel.load(m, prefix_cache_dir=prefix_dir)
+        rules[m] = lm.describe()
+        r = run(config(model_=m), lm)
+    runs.append(robustness.label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
+runs = pd.concat(runs, ignore_index=True)
+prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(models))),
+                          option_rule={m: r for m, r in rules.items()}, seeds=seeds, n=n,
+                          subset_questions=" ".join(sqs), subset_seeds=" ".join(map(str, subset_seeds)))
+flat = runs.drop(columns=[c for c in runs.columns if runs[c].map(lambda v: isinstance(v, (dict, list))).any()])
+results.write_table(flat, out / "results.csv", prov)
+
+# %% [markdown]
+# ## Phase 1 vs Phase 1 + 2
+#
+# Mean over questions and training samples of the Wasserstein-1 error divided
+# by K-1 (`wd_scaled_mean`, the paper reports WD), raw WD (`wd_mean`) and JSD;
+# `DSA - TKFT` is the paired difference on the same runs (`lower_share`: share
+# of runs where DSA is lower).
+
+# %%
+phase = robustness.ablation_summary(runs[runs.part == "phase"], ["model", "strategy", "epochs"])
+results.write_table(phase, out / "phase.csv", prov)
+display(phase.set_index(["truth_mode", "method"]).round(4))
+diff = pd.concat([robustness.paired_difference(res_default, "DSA", "TKFT", metric=mt).assign(metric=mt)
+                  for mt in ("wd_scaled_mean", "jsd_mean")], ignore_index=True)
+results.write_table(diff, out / "phase_difference.csv", prov)
+display(diff.round(4))
+reports = robustness.phase2_reports(res_default)
+results.write_table(reports, out / "phase2_reports.csv", prov)
+display(reports)
+for _, row in phase.iterrows():
+    glue(f"abl_{dataset}_{row.truth_mode}_phase_{row.method}_wd", float(row.wd_scaled_mean), display=False)
+for _, row in diff.iterrows():
+    glue(f"abl_{dataset}_{row.truth_mode}_phase_diff_{row.metric}", float(row.mean_diff), display=False)
+glue(f"abl_{dataset}_phase2_kept_share", float(reports.phase2_kept.astype(float).mean()), display=False)
+glue(f"abl_{dataset}_phase2_pairs_mean", float(reports.phase2_pairs.mean()), display=False)
+glue(f"abl_{dataset}_phase_table", phase.set_index(["truth_mode", "method"]).round(4), display=False)
+
+# %% [markdown]
+# ## Fine-tuning strategy (fixed number of Phase 1 epochs)
+#
+# On the subset of questions and training samples. Every strategy row is
+# trained for `fixed_epochs` Phase 1 epochs (not chosen on validation); the `selected` row is the default last-layer setting with
+# epochs chosen on validation, for reference. `seconds` is the mean wall time
+# of one fit and prediction (contention on a shared machine inflates it).
+
+# %%
+if strategies:
+    strat_runs = runs[runs.part.isin(["strategy", "selected"])]
+    strat = robustness.ablation_summary(strat_runs, ["strategy", "epochs"])
+    secs = strat_runs.groupby(["truth_mode", "strategy", "epochs", "method"], sort=False).seconds.mean()
+    strat = strat.merge(secs.rename("seconds").reset_index(), on=["truth_mode", "strategy", "epochs", "method"])
+    results.write_table(strat, out / "strategy.csv", prov)
+    display(strat.set_index(["truth_mode", "strategy", "epochs", "method"]).round(4))
+    for _, row in strat.iterrows():
+        glue(f"abl_{dataset}_{row.truth_mode}_{row.strategy}_e{row.epochs}_{row.method}_wd", float(row.wd_scaled_mean),
+             display=False)
+    glue(f"abl_{dataset}_strategy_table", strat.set_index(["truth_mode", "strategy", "epochs", "method"]).round(4),
+         display=False)
+    glue(f"abl_{dataset}_fixed_epochs", fixed_epochs, display=False)
+
+# %% [markdown]
+# ## Model
+#
+# Default settings (last layer, epochs chosen on validation), on the subset of
+# questions and training samples.
+
+# %%
+if models:
+    mod = robustness.ablation_summary(runs[runs.part == "model"], ["model"])
+    results.write_table(mod, out / "models.csv", prov)
+    display(mod.set_index(["truth_mode", "model", "method"]).round(4))
+    for _, row in mod.iterrows():
+        glue(f"abl_{dataset}_{row.truth_mode}_{row.model}_{row.method}_wd", float(row.wd_scaled_mean), display=False)
+    glue(f"abl_{dataset}_model_table", mod.set_index(["truth_mode", "model", "method"]).round(4), display=False)
+
+# %% [markdown]
+# ## Table 5 layout
+#
+# One row per setting as in the paper (model, phase, strategy, epochs), DSA and
+# TKFT only, on the subset of questions and training samples, mean
+# `wd_scaled_mean` per truth mode; TS and the noise floor
+# (which do not depend on the setting) as reference rows.
+
+# %%
+ft = runs[runs.method.isin(["TKFT", "DSA"]) & (runs.part != "phase")].drop_duplicates(
+    ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
+t5 = ft.assign(phase=ft.method.map(robustness.PHASES)).pivot_table(
+    index=["model", "phase", "strategy", "epochs"], columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
+refs = runs[runs.method.isin(["TS", "floor"]) & (runs.part == "selected")].pivot_table(
+    index="method", columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
+refs.index = pd.MultiIndex.from_tuples([("reference", m, "-", "-") for m in refs.index], names=t5.index.names)
+t5 = pd.concat([t5, refs])
+results.write_table(t5.reset_index(), out / "table5.csv", prov)
+display(t5.round(4))
+glue(f"abl_{dataset}_table5", t5.round(4), display=False)
+fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 3.8), squeeze=False)
+labelled = ft.assign(setting=ft.model + " / " + ft.strategy + " / e=" + ft.epochs.astype(str))
+for ax, mode in zip(axes[0], modes):
+    sns.barplot(data=labelled[labelled.truth_mode == mode], y="setting", x="wd_scaled_mean", hue="method", ax=ax,
+                errorbar="sd")
+    for name, ls in (("TS", "--"), ("floor", ":")):
+        v = runs[(runs.method == name) & (runs.truth_mode == mode) & (runs.part == "selected")].wd_scaled_mean.mean()
+        ax.axvline(v, color="k", ls=ls, lw=0.9, label=name)
+    ax.set_title(f"{mode} truth")
+    ax.set_xlabel("WD / (K-1), mean over subgroups")
+    ax.set_ylabel("")
+    ax.legend(fontsize=7)
+plt.tight_layout()
+results.write_figure(fig, out / "ablations.png")
+glue(f"abl_{dataset}_fig", fig, display=False)
+plt.show()
+
+# %%
+stores = [str(experiments.store_dir_for(default_cfg, m, store_root)) for m in modes]  # the subset runs share them
+stores += [str(experiments.store_dir_for(config(strategy=s, epochs=fixed_epochs), m, store_root))
+           for s in strategies for m in modes]
+stores += [str(experiments.store_dir_for(config(model_=x), m, store_root)) for x in models if x != model for m in modes]
+meta = results.write_metadata(out, study="ablations", params=params, option_rule=rules, data=survey.describe(),
+                              stores=stores)
+
+# %% [markdown]
+# ## The paper's numbers, for reference only
+#
+# DSA paper Table 5 (WD, Enhancement task, mean over its five datasets; Qwen3,
+# n = 4,000, 20 questions; different data and model scale, not comparable one to one):
+#
+# | LLM | Phase | Strategy | Enhancement WD |
+# |---|---|---|---|
+# | 4B | 1 | Full | 0.118 |
+# | 4B | 1+2 | Full | 0.107 |
+# | 4B | 1+2 | LoRA | 0.111 |
+# | 4B | 1+2 | LastLayer | 0.108 |
+# | 32B | 1+2 | LastLayer | 0.105 |
