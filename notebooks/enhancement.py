@@ -39,6 +39,9 @@ from myst_nb import glue
 from dsalib import experiments, methods as method_registry, notebook_params, results, surveys
 from dsalib.experiments import EnhancementConfig
 
+from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+set_matplotlib_formats("png")  # figures display (and glue) as PNG under the headless Agg backend
 sns.set_theme(style="whitegrid")
 _names_before_parameters = set(globals())
 
@@ -134,7 +137,8 @@ for ax in grid.axes.flat:
     ax.tick_params(axis="x", rotation=35)
 results.write_figure(grid.figure, out / "jsd_by_method.png")
 glue(f"enh_{dataset}_fig", grid.figure, display=False)
-plt.show()
+display(grid.figure)
+plt.close(grid.figure)
 
 # %% [markdown]
 # ## Example distributions of small subgroups (paper appendix A, Fig. 8)
@@ -161,7 +165,8 @@ axes[0][0].legend(fontsize=7)
 plt.tight_layout()
 results.write_figure(fig, out / "small_subgroups.png")
 glue(f"enh_{dataset}_small_fig", fig, display=False)
-plt.show()
+display(fig)
+plt.close(fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

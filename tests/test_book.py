@@ -18,6 +18,7 @@ and its pages work in a real browser with no network.
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import os
 import re
@@ -106,6 +107,11 @@ def _refs(page: Path) -> _Refs:
     return r
 
 
+def _visible_text(page: Path) -> str:
+    """The page's text with tags removed and entities decoded."""
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+
+
 def _is_local(url: str) -> bool:
     scheme = urlparse(url).scheme
     return scheme == "" or scheme in LOCAL_SCHEMES
@@ -124,6 +130,13 @@ def test_book_builds_without_warnings(built):
             continue
         page = html / "outputs" / nb.parent.name / f"{nb.stem}.html"
         assert page.exists(), f"executed notebook {nb.relative_to(REPO)} is not rendered in the book"
+    # A figure glued without an image (the notebook's matplotlib formatter gave only
+    # text/plain) shows up as its repr: the study notebook must register PNG output
+    # (matplotlib_inline.backend_inline.set_matplotlib_formats("png")).
+    textual = [f"{p.relative_to(html)}: {m}" for p in _html_pages(html)
+               for m in re.findall(r"<Figure size [\d.]+x[\d.]+ with \d+ Axes>|<seaborn\.axisgrid\.\w+ object at \w+>",
+                                   _visible_text(p))]
+    assert not textual, "figures rendered as text, not images:\n" + "\n".join(textual)
     # Glue resolved: numbers were pasted and no raw role/directive text survived.
     theorem = (html / "studies" / "theorem.html").read_text(encoding="utf-8")
     assert theorem.count('class="pasted-text"') >= 20

@@ -20,8 +20,9 @@
 
 ``{run-environment}``
     One row per executed reference notebook ``outputs/<study>/<name>.ipynb``: when it
-    ran and for how long (papermill's record in the notebook), and from its
-    ``metadata.json`` the code commit, Python, platform and key package versions.
+    ran and for how long (``outputs/run_times.csv`` written by ``scripts/run_outputs.py``,
+    with its CPU count and machine; else papermill's record in the notebook), and from
+    its ``metadata.json`` the code commit, Python, platform and key package versions.
 
 All of them emit MyST Markdown that is parsed in place, and record the files they read as
 dependencies, so an incremental build notices a changed spec or a new run.
@@ -179,6 +180,15 @@ class RunEnvironment(SphinxDirective):
     option_spec = {}
 
     def run(self):
+        times = {}
+        times_path = REPO / "outputs" / "run_times.csv"
+        if times_path.exists():
+            import csv
+
+            self.env.note_dependency(str(times_path))
+            with times_path.open(newline="", encoding="utf-8") as f:
+                for row in csv.DictReader(f):
+                    times[(row.get("study"), row.get("name"))] = row
         rows, pkgs = [], {}
         for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
             if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
@@ -194,17 +204,24 @@ class RunEnvironment(SphinxDirective):
             commit = cv.get("describe", "")
             if cv.get("dirty"):
                 commit += " (uncommitted changes)"
-            dur = pm.get("duration")
-            dur_s = f"{dur:,.0f} s" if isinstance(dur, (int, float)) else "not recorded"
+            t = times.get((study, run), {})
+            if t.get("seconds"):
+                dur_s = f"{float(t['seconds']):,.0f} s"
+            elif isinstance(pm.get("duration"), (int, float)):
+                dur_s = f"{pm['duration']:,.0f} s (notebook cells only)"
+            else:
+                dur_s = "not recorded"
             started = (pm.get("start_time") or meta.get("created_utc") or "")[:16].replace("T", " ")
+            machine = " ".join(x for x in [f"{t['cpus']} CPUs" if t.get("cpus") else "", t.get("machine", "")] if x)
             for k, v in meta.get("packages", {}).items():
                 pkgs.setdefault(k, set()).add(str(v))
-            rows.append(f"| {study} | {run} | {started} | {dur_s} | `{_cell(commit) or 'not recorded'}` "
-                        f"| {_cell(meta.get('python', ''))} | {_cell(meta.get('platform', ''))} |")
+            rows.append(f"| {study} | {run} | {started} | {dur_s} | {_cell(machine) or 'not recorded'} "
+                        f"| `{_cell(commit) or 'not recorded'}` | {_cell(meta.get('python', ''))} "
+                        f"| {_cell(meta.get('platform', ''))} |")
         if not rows:
             return _parse(self, "No executed reference notebook is in `outputs/` yet.")
-        text = ["| study | run | started (UTC) | duration | code | Python | platform |",
-                "|---|---|---|---|---|---|---|", *rows, "",
+        text = ["| study | run | started (UTC) | wall time | machine | code | Python | platform |",
+                "|---|---|---|---|---|---|---|---|", *rows, "",
                 "Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|"]
         text += [f"| {k} | {', '.join(sorted(v))} |" for k, v in sorted(pkgs.items())]
