@@ -489,6 +489,13 @@ class Survey:
         }
 
 
+def data_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load_survey` can load ``name`` here: it has an embedded source or its archive file is present."""
+    spec = load_spec(name)
+    directory = resolve_data_dir(data_dir)
+    return any(s.kind != "file" or _find_file(s, directory) is not None for s in spec.sources)
+
+
 def load_survey(
     name: str,
     data_dir: str | os.PathLike | None = None,

@@ -190,6 +190,22 @@ def execute(run: Run, kernel_name: str = KERNEL_NAME, log_output: bool = False, 
     target.with_name(f"{target.stem}.failed.ipynb").unlink(missing_ok=True)
 
 
+def missing_data(params: dict) -> str | None:
+    """Why a parameter file cannot run here (its dataset needs an archive file that is absent), or None.
+
+    Parameter files for the full archive datasets (e.g. params/generation/wvs.yaml) live beside the
+    embedded reference runs; they run once a user has put the file in the data folder.
+    """
+    sys.path.insert(0, str(REPO_ROOT))
+    from dsalib import surveys
+
+    name = params.get("dataset")
+    if not isinstance(name, str) or surveys.data_available(name, params.get("data_dir")):
+        return None
+    return (f"dataset '{name}' needs its archive file in {surveys.resolve_data_dir(params.get('data_dir'))} "
+            f"(see params/datasets/{name}.yaml)")
+
+
 def record_time(run: Run, seconds: float, out_root: Path) -> None:
     """Add (or replace) this run's row in ``<out_root>/run_times.csv`` (written atomically)."""
     import datetime as dt
@@ -239,10 +255,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.list:
         for r in runs:
-            print(f"{r.study:12s} {_show(r.params_file):40s} -> {_show(r.output_notebook)}")
+            why = missing_data(load_params(r))
+            print(f"{r.study:12s} {_show(r.params_file):40s} -> {_show(r.output_notebook)}"
+                  + (f"  (skipped: {why})" if why else ""))
         return 0
-    for r in runs:  # check every parameter file before running anything
-        load_params(r)
+    skipped = []
+    for r in list(runs):  # check every parameter file before running anything
+        missing = missing_data(load_params(r))
+        if missing:
+            runs.remove(r)
+            skipped.append(r)
+            print(f"skipping {r.study}/{r.name}: {missing}")
+    if not runs:
+        print("nothing to run")
+        return 1
 
     failures, ok = [], []
     t_all = time.perf_counter()

@@ -25,6 +25,9 @@ IPYNBS = sorted(NOTEBOOKS.glob("*.ipynb"))
 SMOKE = sorted(p.stem for p in (PARAMS / "smoke").glob("*.yaml"))
 #: Files each study's smoke run must write to its output_dir (besides metadata.json).
 EXPECTED_OUTPUTS = {
+    "enhancement": ["results.csv", "per_subgroup.csv", "summary.csv", "jsd_by_method.png", "small_subgroups.png"],
+    "generation": ["results.csv", "per_subgroup.csv", "summary.csv", "split_sizes.csv", "unseen_population.csv",
+                   "jsd_by_split.png", "unseen_population.png"],
     "theorem": ["key_numbers.csv", "exact_recovery.csv", "transfer_comparison.csv", "error_growth.csv", "finite_sample.csv",
                 "break_even.csv", "error_growth.png", "finite_sample.png"],
 }
