@@ -163,6 +163,34 @@ def run_sizes(cfg, sizes: Sequence[int], modes: Sequence[str], store_root, lm=No
     return pd.concat(frames, ignore_index=True)
 
 
+def pending_count(cfg, modes: Sequence[str], store_root) -> int:
+    """How many (question, seed, method) results of ``cfg`` its shared stores still lack, over the truth modes.
+
+    Zero means :func:`~dsalib.experiments.run_enhancement` only reads back,
+    so a study can skip loading the language model.
+    """
+    from .experiments import store_dir_for
+    from .results import ResultStore, RunKey
+
+    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+    keys = [RunKey("enhancement", cfg.dataset, q, int(seed), m)
+            for q in surveys.iter_questions(survey, cfg.questions) for seed in cfg.seeds
+            for m in list(cfg.methods) + ["floor"]]
+    total = 0
+    for mode in modes:
+        path = store_dir_for(cfg, mode, store_root)
+        total += len(keys) if not path.exists() else len(ResultStore(path).pending(keys))
+    return total
+
+
+def stored_option_rule(res: pd.DataFrame):
+    """The option rule recorded with the stored language-model results (None when there are none)."""
+    if "option_rule" not in res.columns:
+        return None
+    rules = [r for r in res.option_rule if isinstance(r, dict)]
+    return rules[0] if rules else None
+
+
 # --------------------------------------------------------------------------
 # The TS curve, TS-equivalent sizes and savings
 # --------------------------------------------------------------------------
@@ -398,6 +426,31 @@ def absent_counts(df: pd.DataFrame) -> pd.DataFrame:
                      "truth_n_of_absent_median": float(ab.n.median()) if len(ab) else math.nan,
                      "truth_n_of_absent_max": int(ab.n.max()) if len(ab) else 0})
     return pd.DataFrame(rows).set_index("truth_mode")
+
+
+def absent_sentence(counts: pd.DataFrame, by_presence: pd.DataFrame, mode: str, show: Sequence[str]) -> str:
+    """One sentence on the absent subgroups of a truth mode, for the report (says so when there are none).
+
+    ``counts``: :func:`absent_counts`; ``by_presence``: :func:`subgroup_summary`
+    (with presence); ``show``: the methods to name.
+    """
+    row = counts.loc[mode]
+    total, absent = int(row.evaluations), int(row.absent)
+    if absent == 0:
+        return (f"None of the {total:,} subgroup evaluations lacked a training respondent, so at this training size "
+                "there is no absent subgroup to compare on.")
+    t = by_presence[(by_presence.truth_mode == mode) & by_presence.presence.str.startswith("absent")]
+    t = t.set_index("method")
+    named = [m for m in show if m in t.index and m != "floor"]  # the floor is named apart
+    errs = ", ".join(f"{m} {t.loc[m, 'jsd_mean']:.3f}" for m in named)
+    beats = ", ".join(f"{m} {100 * t.loc[m, 'better_than_ts']:.0f}%" for m in named
+                      if m != "TS" and np.isfinite(t.loc[m, "better_than_ts"]))
+    text = (f"{absent:,} of {total:,} subgroup evaluations ({100 * absent / total:.1f}%, "
+            f"{int(row.absent_distinct_subgroups)} distinct subgroups, median truth size "
+            f"{row.truth_n_of_absent_median:.0f}) had no training respondent; mean JSD on them: {errs}")
+    if "floor" in t.index:
+        text += f" (noise floor {t.loc['floor', 'jsd_mean']:.3f})"
+    return text + (f"; share of them where the method beats TS: {beats}." if beats else ".")
 
 
 def ordered_by_size(df: pd.DataFrame, truth_mode: str, question: str, seed: int) -> pd.DataFrame:

@@ -128,8 +128,15 @@ display(Markdown(
     f"**Error:** `{metric}`; truth modes {list(modes)}."))
 
 # %%
+ts_cfg = dataclasses.replace(cfg, questions=tuple(grid_qs), methods=("TS",), seeds=tuple(range(ts_n_seeds)))
+curve_cfg = dataclasses.replace(cfg, questions=tuple(cqs), methods=tuple(curve_methods), seeds=tuple(curve_seeds))
+pending = efficiency.pending_count(cfg, modes, store_root) + sum(
+    efficiency.pending_count(dataclasses.replace(curve_cfg, n=s), modes, store_root) for s in curve_sizes)
+display(Markdown(f"Method results still to compute (reference size and across sizes): {pending}; "
+                 "0 means they are all read back from the shared stores."))
 lm = None
-if any(method_registry.needs_model(m) for m in methods + curve_methods):
+uses_model = any(method_registry.needs_model(m) for m in methods + curve_methods)
+if pending and uses_model:
     from dsalib.llm_methods import LanguageModel
 
     lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
@@ -138,24 +145,23 @@ t0 = time.perf_counter()
 ref = efficiency.run_sizes(cfg, [n], modes, store_root, lm=lm)
 stage_seconds["reference_size"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-ts_cfg = dataclasses.replace(cfg, questions=tuple(grid_qs), methods=("TS",), seeds=tuple(range(ts_n_seeds)))
 ts = efficiency.run_sizes(ts_cfg, ts_sizes, modes, store_root, lm=lm, progress=None)
 stage_seconds["ts_grid"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-curve_cfg = dataclasses.replace(cfg, questions=tuple(cqs), methods=tuple(curve_methods), seeds=tuple(curve_seeds))
 across = efficiency.run_sizes(curve_cfg, curve_sizes, modes, store_root, lm=lm)
 stage_seconds["across_sizes"] = time.perf_counter() - t0
 display(Markdown("Wall time per part (seconds; results already in the shared stores are read back, not recomputed): "
                  + ", ".join(f"{k} {v:.1f}" for k, v in stage_seconds.items())))
-prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
-                          seeds=seeds, n=n, metric=metric, template=template)
+option_rule = efficiency.stored_option_rule(pd.concat([ref, across], ignore_index=True))
+prov = results.provenance(survey, model=model if uses_model else None, option_rule=option_rule, seeds=seeds, n=n,
+                          metric=metric, template=template)
 prov_ts = {**prov, "seeds": " ".join(str(s) for s in range(ts_n_seeds))}
 prov_curve = {**prov, "seeds": " ".join(str(s) for s in curve_seeds)}
 flat = lambda df: df.drop(columns=[c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()])  # noqa: E731
 results.write_table(flat(ref), out / "reference_results.csv", prov)
 results.write_table(flat(ts), out / "ts_grid_results.csv", prov_ts)
 results.write_table(flat(across), out / "across_sizes_results.csv", prov_curve)
-results.write_metadata(out, study="data_efficiency", params=params, option_rule=lm.describe() if lm else None,
+results.write_metadata(out, study="data_efficiency", params=params, option_rule=option_rule, computed=pending,
                        data=survey.describe(), stage_seconds=stage_seconds,
                        stores=sorted({str(experiments.store_dir_for(dataclasses.replace(cfg, n=s), m, store_root))
                                       for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
@@ -240,7 +246,7 @@ for ax, mode in zip(axes[0], modes):
     ax.set_xlabel("TS training size")
     ax.set_ylabel(metric)
     ax.set_title(f"{mode} truth")
-axes[0][-1].legend(fontsize=7, loc="upper right", ncol=2)
+axes[0][-1].legend(fontsize=7, loc="best", ncol=2, framealpha=0.8)
 fig.suptitle(f"TS curve and each method's error at n = {n} ({dataset}, questions {', '.join(qs)})", y=1.02)
 plt.tight_layout()
 results.write_figure(fig, out / "ts_curve.png")

@@ -97,21 +97,25 @@ display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_re
                  f"samples {seeds}; truth modes {modes}; truth-size bins {efficiency.size_bin_labels(size_bins)}."))
 
 # %%
+pending = efficiency.pending_count(cfg, modes, store_root)
+display(Markdown(f"Results still to compute: {pending} (0 means everything is read back from the shared stores)."))
 lm = None
-if any(method_registry.needs_model(m) for m in methods):
+if pending and any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
     lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
 res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
 res = efficiency.select(res, qs, seeds, methods)
+option_rule = efficiency.stored_option_rule(res)
+uses_model = any(method_registry.needs_model(m) for m in methods)
 per = efficiency.select(experiments.load_per_subgroup_modes(cfg, modes, store_root), qs, seeds, methods)
 per = efficiency.with_presence(per)
-prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
-                          seeds=seeds, n=n, template=template)
+prov = results.provenance(survey, model=model if uses_model else None, option_rule=option_rule, seeds=seeds, n=n,
+                          template=template)
 keep = ["truth_mode", "question", "seed", "method", "subgroup", "n", "train_n", "absent", "jsd", "wd", "wd_scaled",
         "ts_jsd", "better_than_ts"]
 results.write_table(per[keep], out / "per_subgroup.csv", prov)
-results.write_metadata(out, study="unseen_backgrounds", params=params, option_rule=lm.describe() if lm else None,
+results.write_metadata(out, study="unseen_backgrounds", params=params, option_rule=option_rule, computed=pending,
                        data=survey.describe(),
                        stores=[str(experiments.store_dir_for(cfg, m, store_root)) for m in modes])
 
@@ -147,6 +151,9 @@ glue(f"ub_{dataset}_n_respondents", int(survey.n_respondents), display=False)
 by_presence = efficiency.subgroup_summary(per)
 results.write_table(by_presence, out / "by_presence.csv", prov)
 for mode in modes:
+    sentence = efficiency.absent_sentence(counts, by_presence, mode, figure_methods)
+    display(Markdown(f"**{mode} truth.** {sentence}"))
+    glue(f"ub_{dataset}_{mode}_absent_text", sentence, display=False)
     t = by_presence[by_presence.truth_mode == mode]
     wide = t.pivot(index="method", columns="presence", values="jsd_mean")
     wide = wide.loc[[m for m in methods + ["floor"] if m in wide.index]]

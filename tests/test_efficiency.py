@@ -305,3 +305,39 @@ def test_reference_params_reuse_the_enhancement_stores(study):
         mine = yaml.safe_load(f.read_text())
         enh = yaml.safe_load(enh_file.read_text())
         assert {k: v for k, v in mine.items() if k in shared} == enh, f"{f} differs from {enh_file}"
+
+
+def test_pending_count_and_stored_option_rule(ts_runs):
+    cfg, root, res = ts_runs
+    cfg = EnhancementConfig(**{**cfg.__dict__, "n": 200})  # a size run_sizes stored
+    assert efficiency.pending_count(cfg, ["full", "heldout"], root) == 0  # stored: nothing to compute
+    more = EnhancementConfig(**{**cfg.__dict__, "seeds": (0, 1, 2)})
+    assert efficiency.pending_count(more, ["full", "heldout"], root) == 2 * 2  # seed 2: TS and floor, two modes
+    assert efficiency.pending_count(EnhancementConfig(**{**cfg.__dict__, "n": 77}), ["full"], root) == 4
+    assert efficiency.stored_option_rule(res) is None  # TS and floor need no language model
+    assert efficiency.stored_option_rule(pd.DataFrame({"option_rule": [None, {"rule": "x"}]})) == {"rule": "x"}
+
+
+def test_absent_sentence():
+    counts = pd.DataFrame({"evaluations": [40, 30], "absent": [4, 0], "absent_share": [0.1, 0.0],
+                           "absent_distinct_subgroups": [3, 0], "truth_n_of_absent_median": [12.0, np.nan],
+                           "truth_n_of_absent_max": [15, 0]}, index=pd.Index(["full", "heldout"], name="truth_mode"))
+    summary = pd.DataFrame({"truth_mode": ["full"] * 3, "method": ["TS", "DSA", "floor"],
+                            "presence": ["absent from training"] * 3, "jsd_mean": [0.2, 0.1, 0.05],
+                            "better_than_ts": [0.0, 0.75, np.nan]})
+    text = efficiency.absent_sentence(counts, summary, "full", ["TS", "DSA", "floor"])
+    assert text.startswith("4 of 40 subgroup evaluations (10.0%, 3 distinct subgroups, median truth size 12)")
+    assert "TS 0.200, DSA 0.100 (noise floor 0.050)" in text and text.endswith("beats TS: DSA 75%.")
+    assert efficiency.absent_sentence(counts, summary, "heldout", ["TS"]).startswith("None of the 30")
+
+
+def test_unseen_backgrounds_small_n_reuses_the_data_efficiency_runs():
+    import yaml
+
+    root = surveys.REPO_ROOT / "params"
+    ub = yaml.safe_load((root / "unseen_backgrounds" / "ess9_n100.yaml").read_text())
+    de = yaml.safe_load((root / "data_efficiency" / "ess9.yaml").read_text())
+    assert ub["n"] in de["curve_sizes"] and ub["questions"] == de["curve_questions"]
+    assert ub["seeds"] == de["curve_seeds"] and ub["methods"] == de["curve_methods"]
+    assert all(ub.get(k) == de.get(k) for k in ("dataset", "background", "modes", "model", "phase1", "phase2",
+                                                 "template", "strategy", "min_eval_size"))

@@ -25,6 +25,11 @@ IPYNBS = sorted(NOTEBOOKS.glob("*.ipynb"))
 SMOKE = sorted(p.stem for p in (PARAMS / "smoke").glob("*.yaml"))
 #: Files each study's smoke run must write to its output_dir (besides metadata.json).
 EXPECTED_OUTPUTS = {
+    "data_efficiency": ["reference_results.csv", "ts_grid_results.csv", "across_sizes_results.csv", "ts_curve.csv",
+                        "equivalent_sizes.csv", "errors_by_size.csv", "ts_curve.png", "equivalent_sizes.png",
+                        "errors_by_size.png"],
+    "unseen_backgrounds": ["per_subgroup.csv", "absent_counts.csv", "by_presence.csv", "by_size.csv",
+                           "jsd_by_size.png", "per_subgroup_sorted.png"],
     "enhancement": ["results.csv", "per_subgroup.csv", "summary.csv", "jsd_by_method.png", "small_subgroups.png"],
     "generation": ["results.csv", "per_subgroup.csv", "summary.csv", "split_sizes.csv", "unseen_population.csv",
                    "jsd_by_split.png", "unseen_population.png"],
