@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import baselines, metrics, methods, surveys
 from .errors import ParameterError
-from .results import ResultStore, RunKey
+from .results import ResultStore, RunKey, code_version
 
 
 @dataclass
@@ -124,6 +124,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
         stores[mode] = ResultStore(path, config=conf)
     need_lm = any(methods.needs_model(m) for m in cfg.methods)
     order = _order_methods(cfg.methods)
+    commit = code_version()["commit"][:12]  # each record says which code computed it (stores outlive commits)
     for q in questions:
         surveys.check_levels_populated(survey, q, attrs)
         for seed in cfg.seeds:
@@ -137,7 +138,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
             for mode, split in splits.items():
                 context = {k: v for k, v in split.describe().items() if k not in ("dataset", "question", "seed")}
                 context.update(source=survey.source_name, source_respondents=survey.n_respondents,
-                               template=cfg.template)
+                               template=cfg.template, code_commit=commit)
                 contexts[mode] = context
                 store, floor_key = stores[mode], keys[-1]
                 if not store.has(floor_key):
