@@ -270,3 +270,38 @@ def phase2_reports(res: pd.DataFrame, method: str = "DSA") -> pd.DataFrame:
     if not rows:
         raise DsaError(f"no {method} runs with a report to summarise")
     return pd.DataFrame(rows)
+
+
+def check_model_names(models: Sequence[str]) -> list[str]:
+    """Fail early on a model that cannot be loaded: each must be embedded, ``tiny``, a local folder or a hub id.
+
+    A hub id must be in the local Hugging Face cache when offline mode is on
+    (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``); otherwise loading may still
+    download it.  Returns the names unchanged.
+    """
+    from pathlib import Path
+
+    from . import lm as lm_mod
+    from .errors import ParameterError
+
+    if isinstance(models, str) or not all(isinstance(m, str) and m.strip() for m in models):
+        raise ParameterError(f"models must be a list of model names, local folders or hub ids, got {models!r}")
+    for m in models:
+        if m in lm_mod.EMBEDDED_MODELS or m == lm_mod.TINY_MODEL or Path(m).expanduser().is_dir():
+            continue
+        looks_like_path = m.startswith(("/", ".", "~")) or m.count("/") > 1
+        cached = False
+        if not looks_like_path:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = isinstance(try_to_load_from_cache(m, "config.json"), str)
+            except Exception:  # a malformed repo id
+                cached = False
+        if looks_like_path or (not cached and lm_mod._offline_requested()):
+            raise ParameterError(
+                f"model {m!r} is not an embedded model ({', '.join(lm_mod.EMBEDDED_MODELS)}, "
+                f"{lm_mod.TINY_MODEL!r}), not an existing local folder"
+                + ("" if looks_like_path else ", and not in the local Hugging Face cache (offline mode is on)")
+                + "; give the folder of a model's files or an embedded name")
+    return list(models)

@@ -28,8 +28,9 @@
 #    the default, trained from a cached frozen prefix), LoRA adapters (`lora`)
 #    or every weight (`full`). LoRA and full have no prefix cache and cost a full
 #    forward and backward pass per prompt per epoch, so all three are run with
-#    the **same fixed number of Phase 1 epochs** (`fixed_epochs`) for a fair
-#    comparison; the last-layer row with epochs chosen on validation is shown
+#    the **same fixed number of Phase 1 epochs** (`fixed_epochs`) at the same
+#    learning rate (`fixed_lr`, higher than the default 5e-5, at which one
+#    epoch barely moves a model) for a fair comparison; the last-layer row with epochs chosen on validation is shown
 #    beside them.
 # 3. **Model**: the embedded SmolLM2-135M and Gemma-3-270M (and any model in
 #    `models`: embedded name, local folder or hub id in the local cache), each
@@ -73,7 +74,9 @@ modes = ["full", "heldout"]  # ground truth(s); each setting is fitted once for 
 model = "smollm2-135m"  # model of the phase and strategy comparisons
 models = ["smollm2-135m", "gemma3-270m"]  # models compared with the default settings; empty skips that part
 strategies = ["last_layer", "lora", "full"]  # fine-tuning strategies compared; empty skips that part
+strategy_methods = ["TKFT", "DSA"]  # methods of the strategy rows (TKFT is Phase 1 only, DSA Phase 1 and 2)
 fixed_epochs = 1  # Phase 1 epochs of every strategy row (lora and full are too slow for epoch selection on CPU)
+fixed_lr = 1e-3  # Phase 1 learning rate of the strategy rows (one epoch at the default 5e-5 barely moves a model)
 phase1 = {}  # dsalib.train.Phase1Config fields shared by every row (epochs is set by the strategy rows)
 phase2 = {}  # dsalib.train.Phase2Config fields
 min_eval_size = 10  # smallest truth subgroup that is evaluated
@@ -92,21 +95,26 @@ if bad:
     raise ParameterError(f"unknown strategy {bad}; choose from {STRATEGIES}")
 if isinstance(fixed_epochs, bool) or not isinstance(fixed_epochs, int) or fixed_epochs < 1:
     raise ParameterError(f"fixed_epochs must be a positive integer, got {fixed_epochs!r}")
+if isinstance(fixed_lr, bool) or not isinstance(fixed_lr, (int, float)) or not 0 < fixed_lr < 1:
+    raise ParameterError(f"fixed_lr must be a learning rate between 0 and 1, got {fixed_lr!r}")
 if "epochs" in phase1:
     raise ParameterError("phase1 must not set epochs: the phase and model rows choose them on validation "
                          "and the strategy rows use fixed_epochs")
-if not isinstance(models, (list, tuple)) or not all(isinstance(m, str) and m for m in models):
-    raise ParameterError(f"models must be a list of model names, local folders or hub ids, got {models!r}")
+robustness.check_model_names(list(models) if isinstance(models, (list, tuple)) else models)
+robustness.check_model_names([model])
 if len(set(models)) != len(models) or len(set(strategies)) != len(strategies):
     raise ParameterError("models and strategies must not repeat an entry")
+bad = [m for m in strategy_methods if m not in ("TKFT", "DSA")]
+if bad or not strategy_methods:
+    raise ParameterError(f"strategy_methods must be TKFT and/or DSA, got {strategy_methods}")
 METHODS = ("TS", "TKFT", "DSA")
 
 
-def config(model_=model, strategy="last_layer", epochs=None, subset=True):
-    p1 = dict(phase1) if epochs is None else {**phase1, "epochs": epochs}
+def config(model_=model, strategy="last_layer", epochs=None, subset=True, methods_=METHODS):
+    p1 = dict(phase1) if epochs is None else {**phase1, "epochs": epochs, "lr": float(fixed_lr)}
     cfg = EnhancementConfig(dataset=dataset, questions=subset_questions if subset else questions,
                             background=background, n=n, seeds=tuple(subset_seeds if subset else seeds),
-                            mode=modes[0] if modes else "full", methods=METHODS, model=model_,
+                            mode=modes[0] if modes else "full", methods=tuple(methods_), model=model_,
                             min_eval_size=min_eval_size, phase1=p1, phase2=dict(phase2), strategy=strategy)
     cfg.check()
     return cfg
@@ -127,7 +135,7 @@ store_root = store_root or str(out / "stores")
 display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
                  f"n = {n}; truth modes {list(modes)}. Phase comparison: questions {', '.join(qs)}, seeds {list(seeds)}. "
                  f"Strategy and model comparisons: questions {', '.join(sqs)}, seeds {list(subset_seeds)}; "
-                 f"strategies {list(strategies)} at {fixed_epochs} Phase 1 epoch(s); models {list(models)}."))
+                 f"strategies {list(strategies)} at {fixed_epochs} Phase 1 epoch(s), lr {fixed_lr}; models {list(models)}."))
 
 # %%
 from dsalib.llm_methods import LanguageModel
@@ -139,7 +147,7 @@ rules = {}
 def run(cfg, lm):
     res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
     return res[res.question.isin(list(cfg.questions or qs)) & res.seed.isin(list(cfg.seeds))
-               & res.method.isin(list(METHODS) + ["floor"])]
+               & res.method.isin(list(cfg.methods) + ["floor"])]
 
 
 timing = []
@@ -152,7 +160,7 @@ runs.append(robustness.label_runs(res_default, part="phase", model=model, strate
 res_subset = run(subset_cfg, lm)  # the same store: runs already done above are reused
 runs.append(robustness.label_runs(res_subset, part="selected", model=model, strategy="last_layer", epochs="selected"))
 for s in strategies:
-    r = run(config(strategy=s, epochs=fixed_epochs), lm)
+    r = run(config(strategy=s, epochs=fixed_epochs, methods_=["TS"] + list(strategy_methods)), lm)
     runs.append(robustness.label_runs(r, part="strategy", model=model, strategy=s, epochs=str(fixed_epochs)))
 for m in models:
     if m == model:
@@ -202,7 +210,7 @@ glue(f"abl_{dataset}_phase_table", phase.set_index(["truth_mode", "method"]).rou
 # ## Fine-tuning strategy (fixed number of Phase 1 epochs)
 #
 # On the subset of questions and training samples. Every strategy row is
-# trained for `fixed_epochs` Phase 1 epochs (not chosen on validation); the `selected` row is the default last-layer setting with
+# trained for `fixed_epochs` Phase 1 epochs at learning rate `fixed_lr` (not chosen on validation); the `selected` row is the default last-layer setting with
 # epochs chosen on validation, for reference. `seconds` is the mean wall time
 # of one fit and prediction (contention on a shared machine inflates it).
 
@@ -220,6 +228,7 @@ if strategies:
     glue(f"abl_{dataset}_strategy_table", strat.set_index(["truth_mode", "strategy", "epochs", "method"]).round(4),
          display=False)
     glue(f"abl_{dataset}_fixed_epochs", fixed_epochs, display=False)
+    glue(f"abl_{dataset}_fixed_lr", float(fixed_lr), display=False)
 
 # %% [markdown]
 # ## Model

@@ -25,6 +25,11 @@ IPYNBS = sorted(NOTEBOOKS.glob("*.ipynb"))
 SMOKE = sorted(p.stem for p in (PARAMS / "smoke").glob("*.yaml"))
 #: Files each study's smoke run must write to its output_dir (besides metadata.json).
 EXPECTED_OUTPUTS = {
+    "robustness": ["better_than_ts.csv", "better_than_ts_runs.csv", "better_than_ts_by_question.csv", "better_than_ts.png",
+                   "better_than_ts_by_size.png", "prompt_consistency.csv", "prompt_pairwise_per_subgroup.csv",
+                   "prompt_template_errors.csv", "prompt_consistency.png"],
+    "ablations": ["results.csv", "phase.csv", "phase_difference.csv", "phase2_reports.csv", "strategy.csv", "models.csv",
+                  "table5.csv", "ablations.png"],
     "data_efficiency": ["reference_results.csv", "ts_grid_results.csv", "across_sizes_results.csv", "ts_curve.csv",
                         "equivalent_sizes.csv", "errors_by_size.csv", "ts_curve.png", "equivalent_sizes.png",
                         "errors_by_size.png"],
