@@ -97,6 +97,12 @@ def noise_floor(truth: SubgroupTable, seed: int = 0, n_boot: int = 20, min_size:
         raise DsaError("n_boot must be at least 1")
     rng = np.random.default_rng(seed)
     keep = truth.n >= min_size
+    if not keep.any():
+        raise DsaError(
+            f"no subgroup of '{truth.question}' has ≥ {min_size} respondents in the truth "
+            f"({truth.n_respondents} respondents); use a smaller training sample with the heldout truth, "
+            "a lower min_size or fewer background attributes"
+        )
     dist = truth.dist[keep]
     sizes = truth.n[keep]
     out = {"jsd": np.zeros(len(sizes)), "wd": np.zeros(len(sizes)), "wd_scaled": np.zeros(len(sizes))}

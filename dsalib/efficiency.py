@@ -54,6 +54,10 @@ SUBGROUP_KEYS = ("truth_mode", "question", "seed", "subgroup")
 # --------------------------------------------------------------------------
 
 
+#: With the heldout truth, the share of eligible respondents a training size must leave outside the sample.
+HELDOUT_SHARE = 0.25
+
+
 def check_sizes(survey: surveys.Survey, questions: Sequence[str], background: Sequence[str] | None,
                 sizes: Sequence[int], modes: Sequence[str], min_eval_size: int = 10, name: str = "sizes",
                 at_least: int = 1) -> list[int]:
@@ -61,8 +65,9 @@ def check_sizes(survey: surveys.Survey, questions: Sequence[str], background: Se
 
     Each size must be a positive integer no larger than the respondents who
     answered every question and background attribute; with the ``heldout``
-    truth at least ``min_eval_size`` respondents must be left outside the
-    sample.  ``at_least``: the number of distinct sizes required.
+    truth at least :data:`HELDOUT_SHARE` of them (and ``min_eval_size``) must
+    be left outside the sample, or the heldout truth of a large sample has no
+    subgroup big enough to evaluate.  ``at_least``: the number of distinct sizes required.
     """
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise ParameterError(f"{name} must be a list of training sizes, got {sizes!r}")
@@ -74,12 +79,13 @@ def check_sizes(survey: surveys.Survey, questions: Sequence[str], background: Se
     if len(sizes) < at_least:
         raise ParameterError(f"{name} needs at least {at_least} distinct size(s), got {list(sizes)}")
     attrs = survey.check_background(background)
-    left = min_eval_size if "heldout" in modes else 0
     for q in questions:
         eligible = len(survey.eligible(q, attrs))
+        # the heldout truth must keep enough respondents for subgroups of min_eval_size to exist
+        left = max(min_eval_size, int(np.ceil(HELDOUT_SHARE * eligible))) if "heldout" in modes else 0
         too_big = [int(s) for s in sizes if s > eligible - left]
         if too_big:
-            need = f" and leave {left} for the heldout truth" if left else ""
+            need = (f" and leave {left} ({HELDOUT_SHARE:.0%}) for the heldout truth" if left else "")
             raise ParameterError(
                 f"{name} {too_big} too large for question '{q}' of '{survey.name}' ({survey.source_name}): "
                 f"{eligible} respondents answered it and every background attribute; sizes must be at most "

@@ -148,8 +148,10 @@ def test_check_sizes_against_real_data(ess9):
     eligible = len(ess9.eligible("lrscale", attrs))
     assert efficiency.check_sizes(ess9, ["imbgeco", "lrscale"], None, [300, 100], ["full"], 10) == [100, 300]
     assert efficiency.check_sizes(ess9, ["lrscale"], None, [eligible], ["full"], 10) == [eligible]
-    with pytest.raises(ParameterError, match=rf"lrscale.*{eligible} respondents.*leave 10"):
-        efficiency.check_sizes(ess9, ["lrscale"], None, [eligible - 5], ["full", "heldout"], 10)
+    left = int(np.ceil(efficiency.HELDOUT_SHARE * eligible))
+    with pytest.raises(ParameterError, match=rf"lrscale.*{eligible} respondents.*leave {left} \(25%\)"):
+        efficiency.check_sizes(ess9, ["lrscale"], None, [eligible - left + 1], ["full", "heldout"], 10)
+    assert efficiency.check_sizes(ess9, ["lrscale"], None, [eligible - left], ["full", "heldout"], 10) == [eligible - left]
     with pytest.raises(ParameterError, match="too large"):
         efficiency.check_sizes(ess9, ["imbgeco"], None, [100, 100000], ["full"], 10, "ts_sizes")
     with pytest.raises(ParameterError, match="twice"):
