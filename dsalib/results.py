@@ -523,3 +523,26 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, prov: Mapping, index:
         if k not in out.columns:
             out[k] = v
     return write_csv(out, path)
+
+
+def show(fig=None) -> None:
+    """Display a figure in the notebook as PNG and close it (``plt.show()`` shows nothing under Agg).
+
+    ``fig``: the figure (default: matplotlib's current one).  Notebooks run
+    headless with the Agg backend, so figures are displayed explicitly; they
+    also need ``set_matplotlib_formats("png")`` for glued figures to carry an
+    image (see :func:`use_png_figures`).
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    fig = fig if fig is not None else plt.gcf()
+    display(fig)
+    plt.close(fig)
+
+
+def use_png_figures() -> None:
+    """Make displayed and glued matplotlib figures carry a PNG (the book renders glued figures as images)."""
+    from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+    set_matplotlib_formats("png")

@@ -59,6 +59,7 @@ from dsalib.errors import ParameterError
 from dsalib.experiments import EnhancementConfig
 
 sns.set_theme(style="whitegrid")
+results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -280,7 +281,7 @@ for ax, mode in zip(axes[0], modes):
 plt.tight_layout()
 results.write_figure(fig, out / "ablations.png")
 glue(f"abl_{dataset}_fig", fig, display=False)
-plt.show()
+results.show()
 
 # %%
 stores = [str(experiments.store_dir_for(default_cfg, m, store_root)) for m in modes]  # the subset runs share them

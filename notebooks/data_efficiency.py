@@ -59,6 +59,7 @@ from dsalib.errors import ParameterError
 from dsalib.experiments import EnhancementConfig
 
 sns.set_theme(style="whitegrid")
+results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -251,7 +252,7 @@ fig.suptitle(f"TS curve and each method's error at n = {n} ({dataset}, questions
 plt.tight_layout()
 results.write_figure(fig, out / "ts_curve.png")
 glue(f"de_{dataset}_ts_fig", fig, display=False)
-plt.show()
+results.show()
 
 # %%
 bar = equiv[equiv.method != "floor"].copy()
@@ -274,7 +275,7 @@ for ax, mode in zip(axes[0], modes):
 plt.tight_layout()
 results.write_figure(fig, out / "equivalent_sizes.png")
 glue(f"de_{dataset}_equiv_fig", fig, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## Error across training sizes (paper Fig. 6)
@@ -326,7 +327,7 @@ fig.suptitle(f"Error across training sizes ({dataset}, {', '.join(cqs)}, {len(cu
 plt.tight_layout()
 results.write_figure(fig, out / "errors_by_size.png")
 glue(f"de_{dataset}_sizes_fig", fig, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

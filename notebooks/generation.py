@@ -52,6 +52,7 @@ from dsalib import generation, notebook_params, results, surveys
 from dsalib.errors import DataFileNotFound
 
 sns.set_theme(style="whitegrid")
+results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -187,7 +188,7 @@ for ax in grid.axes.flat:
     ax.tick_params(axis="x", rotation=40)
 results.write_figure(grid.figure, out / "jsd_by_split.png")
 glue(f"{key}_fig", grid.figure, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## Accuracy on the unseen population, per held-out level (the analogue of Fig. 5)
@@ -205,7 +206,7 @@ grid = sns.catplot(data=by_pop, x="population", y="jsd", hue="method", hue_order
 grid.set_axis_labels(heldout_attribute, "mean JSD over subgroups")
 results.write_figure(grid.figure, out / "unseen_population.png")
 glue(f"{key}_population_fig", grid.figure, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

@@ -50,6 +50,7 @@ from dsalib.errors import ParameterError
 from dsalib.experiments import EnhancementConfig
 
 sns.set_theme(style="whitegrid")
+results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -192,7 +193,7 @@ grid.set_axis_labels("", f"share of subgroups with lower {metric} than TS")
 grid.figure.suptitle(f"Better than the training sample on {dataset} (n = {n})", y=1.03)
 results.write_figure(grid.figure, out / "better_than_ts.png")
 glue(f"rob_{dataset}_better_fig", grid.figure, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # Across training sizes (only when `sizes` names further sizes).
@@ -208,7 +209,7 @@ if len(set(pooled.train_size)) > 1:
     ax.set_title(f"share better than TS by training size ({modes[0]} truth)")
     results.write_figure(fig, out / "better_than_ts_by_size.png")
     glue(f"rob_{dataset}_better_by_size_fig", fig, display=False)
-    plt.show()
+    results.show()
 else:
     display(Markdown("Only one training size was run (`sizes` is empty)."))
 
@@ -273,7 +274,7 @@ if prompt_cfgs:
     plt.tight_layout()
     results.write_figure(fig, out / "prompt_consistency.png")
     glue(f"rob_{dataset}_prompt_fig", fig, display=False)
-    plt.show()
+    results.show()
 
 # %%
 stores = [str(experiments.store_dir_for(config(n_=s), m, store_root)) for s in dict.fromkeys([n] + list(sizes))

@@ -44,6 +44,7 @@ from dsalib import efficiency, experiments, methods as method_registry, notebook
 from dsalib.experiments import EnhancementConfig
 
 sns.set_theme(style="whitegrid")
+results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -201,7 +202,7 @@ grid.figure.suptitle(f"Error by subgroup size ({dataset}, n = {n}, {len(qs)} que
                      y=1.03)
 results.write_figure(grid.figure, out / "jsd_by_size.png")
 glue(f"ub_{dataset}_size_fig", grid.figure, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## Per-subgroup error sorted by size (paper Fig. 4)
@@ -237,7 +238,7 @@ axes[0, 0].legend(fontsize=7, ncol=len(show) + 1, loc="upper right")
 plt.tight_layout()
 results.write_figure(fig, out / "per_subgroup_sorted.png")
 glue(f"ub_{dataset}_sorted_fig", fig, display=False)
-plt.show()
+results.show()
 
 # %% [markdown]
 # ## The paper's numbers, for reference only
