@@ -49,6 +49,8 @@ from .errors import DsaError, ParameterError
 
 #: Packages whose versions every run records.
 TRACKED_PACKAGES = ("torch", "transformers", "numpy", "pandas", "scipy", "papermill")
+#: The folder of the executed reference runs (relative to the repository root).
+OUTPUTS_DIR = "outputs"
 #: Prefix of temporary files; never read as results.
 TEMP_PREFIX = "."
 _MAX_READABLE = 120
@@ -149,15 +151,16 @@ def code_version(root: str | os.PathLike | None = None) -> dict:
 
     ``{"describe": ..., "commit": ..., "dirty": bool|None}``; every value is
     ``"unknown"`` (``dirty``: ``None``) outside a git checkout or without git.
-    ``dirty`` is true when tracked files differ from the commit (untracked
-    files are listed apart in ``untracked``, as a count).
+    ``dirty`` is true when tracked files outside ``outputs/`` differ from the
+    commit (untracked files are listed apart in ``untracked``, as a count).
     """
     root = Path(root) if root is not None else _repo_root()
     commit = _git(["rev-parse", "HEAD"], root)
     if not commit:
         return {"describe": "unknown", "commit": "unknown", "dirty": None, "untracked": None}
     describe = _git(["describe", "--always", "--dirty", "--tags"], root) or commit[:12]
-    status = _git(["status", "--porcelain", "--untracked-files=no"], root)
+    # outputs/ is what runs write: a regenerated output does not make the code dirty
+    status = _git(["status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){OUTPUTS_DIR}"], root)
     untracked = _git(["ls-files", "--others", "--exclude-standard"], root)
     return {
         "describe": describe,
@@ -505,7 +508,7 @@ def provenance(survey=None, model: str | None = None, option_rule: Mapping | Non
         "code_commit": cv["commit"][:12] if cv["commit"] != "unknown" else "unknown",
         "code_dirty": cv["dirty"],
     }
-    clash = sorted(set(extra) & set(prov))
+    clash = sorted(k for k in set(extra) & set(prov) if prov[k] is not None)
     if clash:
         raise DsaError(f"provenance: {clash} are set from the other arguments")
     prov.update(extra)

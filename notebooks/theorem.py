@@ -88,6 +88,8 @@ output_dir = "outputs/theorem/default"  # relative paths are under the repositor
 _given = {k: v for k, v in globals().items() if k not in _names_before_parameters and not k.startswith("_")}
 params = theorem.check_params(_given)
 out_dir = results.resolve_output_dir(params["output_dir"])
+# synthetic tables, no survey or language model: the tables record the seed and the code version
+prov = results.provenance(seeds=[params["seed"]], data_source="synthetic factorised tables (dsalib.theorem)")
 out_dir.mkdir(parents=True, exist_ok=True)
 print(f"output_dir: {params['output_dir']}")
 pd.Series({k: v for k, v in params.items()}, name="value").to_frame()
@@ -117,7 +119,7 @@ recovery_summary = (
          max_jsd=("jsd", "max"))
     .reset_index()
 )
-results.write_csv(recovery_summary, out_dir / "exact_recovery.csv")
+results.write_table(recovery_summary, out_dir / "exact_recovery.csv", prov)
 key_numbers = {}  # name -> value; glued for the book and written to key_numbers.csv at the end
 key_numbers["theorem_max_error"] = float(recovery["max_abs_error"].max())
 key_numbers["theorem_n_cases"] = int(len(recovery))
@@ -149,7 +151,7 @@ comparison = pd.concat(
     ignore_index=True,
 )
 comparison_summary = theorem.summarize_transfer(comparison, by=["effects", "method"])
-results.write_csv(comparison_summary, out_dir / "transfer_comparison.csv")
+results.write_table(comparison_summary, out_dir / "transfer_comparison.csv", prov)
 for row in comparison_summary.itertuples():
     key_numbers[f"theorem_{row.method}_jsd_{row.effects}"] = float(row.jsd_mean)
     key_numbers[f"theorem_{row.method}_wd_{row.effects}"] = float(row.wd_scaled_mean)
@@ -182,14 +184,14 @@ growth = pd.concat(
     ],
     ignore_index=True,
 )
-results.write_csv(growth, out_dir / "error_growth_by_table.csv")
+results.write_table(growth, out_dir / "error_growth_by_table.csv", prov)
 growth_summary = (
     growth.groupby(["effects", "interaction", "method"], sort=False)
     .agg(tables=("table", "size"), jsd_mean=("jsd_mean", "mean"), jsd_max=("jsd_max", "max"),
          wd_scaled_mean=("wd_scaled_mean", "mean"), max_abs_error=("max_abs_error", "max"))
     .reset_index()
 )
-results.write_csv(growth_summary, out_dir / "error_growth.csv")
+results.write_table(growth_summary, out_dir / "error_growth.csv", prov)
 s_max = max(params["interaction_grid"])
 key_numbers["theorem_max_interaction"] = s_max
 for row in growth_summary[growth_summary["interaction"] == s_max].itertuples():
@@ -231,11 +233,11 @@ finite = pd.concat(
     ignore_index=True,
 )
 finite_summary = theorem.summarize_finite(finite)
-results.write_csv(finite_summary, out_dir / "finite_sample.csv")
+results.write_table(finite_summary, out_dir / "finite_sample.csv", prov)
 breaks = pd.concat(
     [theorem.break_even(finite_summary, own="empirical", transfer=t) for t in theorem.METHODS], ignore_index=True
 )
-results.write_csv(breaks, out_dir / "break_even.csv")
+results.write_table(breaks, out_dir / "break_even.csv", prov)
 finite_summary.pivot_table(index=["effects", "interaction", "reference_size", "rare_size"], columns="method",
                            values="jsd_mean")
 
@@ -274,7 +276,7 @@ plt.close(g.figure)
 for name, value in key_numbers.items():
     glue(name, value, display=False)
 key_table = pd.DataFrame({"name": list(key_numbers), "value": list(key_numbers.values())})
-results.write_csv(key_table, out_dir / "key_numbers.csv")
+results.write_table(key_table, out_dir / "key_numbers.csv", prov)
 key_table
 
 # %% [markdown]
