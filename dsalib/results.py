@@ -503,7 +503,7 @@ def provenance(survey=None, model: str | None = None, option_rule: Mapping | Non
         "data_source": survey.source_name if survey is not None else None,
         "data_respondents": int(survey.n_respondents) if survey is not None else None,
         "model": model,
-        "option_rule": json.dumps(dict(option_rule), sort_keys=True, default=str) if option_rule else None,
+        "option_rule": _rule_text(option_rule) if option_rule else None,
         "seeds": " ".join(str(int(s)) for s in seeds) if seeds is not None else None,
         "code_commit": cv["commit"][:12] if cv["commit"] != "unknown" else "unknown",
         "code_dirty": cv["dirty"],
@@ -515,17 +515,36 @@ def provenance(survey=None, model: str | None = None, option_rule: Mapping | Non
     return prov
 
 
+def _rule_text(rule: Mapping) -> str:
+    """A compact one-line form of an option-reading rule (the full rule is in the run's metadata.json).
+
+    A mapping of several models' rules (``{model: rule}``) gives one entry per model.
+    """
+    rule = dict(rule)
+    if rule and all(isinstance(v, Mapping) for v in rule.values()):
+        return " || ".join(f"{m}: {_rule_text(r)}" for m, r in rule.items())
+    keys = ("labels", "leading_space", "answer_suffix", "scoring", "normalisation")
+    parts = [f"{k}={rule[k]}" for k in keys if k in rule]
+    parts += [f"{k}={v}" for k, v in sorted(rule.items()) if k not in keys and k not in ("model", "rule")]
+    return "; ".join(parts) if parts else json.dumps(rule, sort_keys=True, default=str)
+
+
+#: Significant digits of floats in result tables (the stores keep full precision).
+TABLE_DIGITS = 8
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike, prov: Mapping, index: bool = False) -> Path:
     """Write a result table as CSV with the provenance columns (:func:`provenance`) appended.
 
     A column the table already has is left as it is (e.g. a per-row
     ``dataset`` or ``model``), so tables that mix runs keep their own values.
+    Floats are written with :data:`TABLE_DIGITS` significant digits.
     """
     out = df.reset_index() if index else df.copy()
     for k, v in prov.items():
         if k not in out.columns:
             out[k] = v
-    return write_csv(out, path)
+    return write_csv(out, path, float_format=f"%.{TABLE_DIGITS}g")
 
 
 def show(fig=None) -> None:
