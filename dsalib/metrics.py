@@ -71,13 +71,12 @@ def jsd(p, q) -> np.ndarray:
     """Jensen-Shannon divergence per row (natural log, in [0, ln 2])."""
     p, q = _as_2d(p), _as_2d(q)
     _check_pair(p, q)
-    # p log(p / m) with m = (p + q) / 2 written as p (log 2 + log p - log(p + q)): halving a subnormal
-    # probability underflows to 0 (m = 0 where p > 0 would give ln 2 for nearly equal rows), p + q does not
+    # p log(p / m) with m = (p + q) / 2 written as p (log 2p - log(p + q)): halving a subnormal probability
+    # underflows to 0 (m = 0 where p > 0 would give ln 2 for nearly equal rows), doubling and p + q do not;
+    # identical rows give exactly 0
     s = p + q
-    ln2 = np.log(2.0)
-    val = 0.5 * (_xlogy(p, p) - _xlogy(p, s) + ln2 * p).sum(axis=1) \
-        + 0.5 * (_xlogy(q, q) - _xlogy(q, s) + ln2 * q).sum(axis=1)
-    return np.clip(val, 0.0, ln2)
+    val = 0.5 * (_xlogy(p, 2 * p) - _xlogy(p, s)).sum(axis=1) + 0.5 * (_xlogy(q, 2 * q) - _xlogy(q, s)).sum(axis=1)
+    return np.clip(val, 0.0, np.log(2))
 
 
 def wd(p, q, positions: Sequence[float] | None = None) -> np.ndarray:
