@@ -29,6 +29,11 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 def declared_parameters(study: str, notebooks: str | Path = NOTEBOOKS) -> list[str]:
     """Names assigned at the top level of the ``parameters`` cell of ``notebooks/<study>.ipynb``."""
+    return list(declared_defaults(study, notebooks))
+
+
+def declared_defaults(study: str, notebooks: str | Path = NOTEBOOKS) -> dict:
+    """The ``parameters`` cell's names and default values (a default that is not a literal is ``...``)."""
     path = Path(notebooks) / f"{study}.ipynb"
     if not path.exists():
         raise ParameterError(f"no notebook {path}; studies are {sorted(p.stem for p in Path(notebooks).glob('*.ipynb'))}")
@@ -37,17 +42,29 @@ def declared_parameters(study: str, notebooks: str | Path = NOTEBOOKS) -> list[s
     if len(cells) != 1:
         raise ParameterError(f"{path.name} must have exactly one cell tagged 'parameters', has {len(cells)}")
     source = "".join(cells[0]["source"]) if isinstance(cells[0]["source"], list) else cells[0]["source"]
-    names = []
+    defaults = {}
     for node in ast.parse(source).body:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        names += [t.id for t in targets if isinstance(t, ast.Name)]
-    return names
+        for t in targets:
+            if isinstance(t, ast.Name):
+                try:
+                    defaults[t.id] = ast.literal_eval(node.value)
+                except (ValueError, SyntaxError):
+                    defaults[t.id] = ...
+    return defaults
 
 
 def given_parameters(study: str, namespace: dict, before: set, notebooks: str | Path = NOTEBOOKS) -> dict:
     """The parameters a run was given (declared and injected), checked: an unknown name is an error."""
-    declared = declared_parameters(study, notebooks)
+    defaults = declared_defaults(study, notebooks)
+    declared = list(defaults)
     given = {k: namespace[k] for k in namespace if k not in before and not k.startswith("_")}
+    for k, v in given.items():
+        if isinstance(defaults.get(k), (list, tuple, dict)) and isinstance(v, str):
+            kind = "a mapping" if isinstance(defaults[k], dict) else "a list"
+            raise ParameterError(
+                f"parameter {k!r} of the {study} notebook must be {kind}, got the text {v!r}; papermill's -p passes "
+                f"text: use -y \"{k}: {v}\" or a parameter file (-f)")
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise ParameterError(f"unknown parameter(s) {unknown} for the {study} notebook; "
