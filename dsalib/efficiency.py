@@ -137,15 +137,6 @@ def check_seeds(seeds, name: str = "seeds") -> list[int]:
 # --------------------------------------------------------------------------
 
 
-def select(res: pd.DataFrame, questions: Sequence[str], seeds: Sequence[int], method_names: Sequence[str],
-           floor: bool = True) -> pd.DataFrame:
-    """The rows of a store's table that belong to these questions, seeds and methods (and ``floor``)."""
-    if res.empty:
-        return res
-    keep = list(method_names) + (["floor"] if floor else [])
-    return res[res.question.isin(list(questions)) & res.seed.isin(list(seeds)) & res.method.isin(keep)]
-
-
 def run_sizes(cfg, sizes: Sequence[int], modes: Sequence[str], store_root, lm=None,
               progress: Callable | None = print) -> pd.DataFrame:
     """Run (or read back) the Enhancement protocol of ``cfg`` at each training size; column ``n``.
@@ -153,17 +144,15 @@ def run_sizes(cfg, sizes: Sequence[int], modes: Sequence[str], store_root, lm=No
     One :func:`~dsalib.experiments.run_enhancement` call per size, each with
     its own shared store (the size is part of the store's key), so sizes
     already computed by any study are read back.  Only the rows of ``cfg``'s
-    questions, seeds and methods (plus ``floor``) are returned.
+    questions, seeds and methods (plus ``floor``) are returned
+    (:func:`dsalib.experiments.rows_of`).
     """
     from .experiments import run_enhancement
 
-    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
-    qs = surveys.iter_questions(survey, cfg.questions)
     frames = []
     for n in sizes:
         c = dataclasses.replace(cfg, n=int(n))
         res = run_enhancement(c, lm=lm, modes=list(modes), store_root=store_root, progress=progress)
-        res = select(res, qs, c.seeds, c.methods).copy()
         res.insert(0, "n", int(n))
         frames.append(res)
     return pd.concat(frames, ignore_index=True)

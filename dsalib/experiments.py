@@ -194,18 +194,34 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
         if len(df):
             df["truth_mode"] = mode
         frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return rows_of(cfg, pd.concat(frames, ignore_index=True), questions)
+
+
+def rows_of(cfg: EnhancementConfig, df: pd.DataFrame, questions: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of a shared store's table that belong to ``cfg``: its questions, seeds and methods (and ``floor``).
+
+    A shared store also holds what other studies computed with the same
+    settings (other seeds, methods or questions); a study reports only its own.
+    ``questions``: the resolved question list (default ``cfg.questions``; None keeps every question).
+    """
+    if df.empty:
+        return df
+    qs = questions if questions is not None else cfg.questions
+    keep = df.seed.isin([int(s) for s in cfg.seeds]) & df.method.isin(list(cfg.methods) + ["floor"])
+    if qs is not None:
+        keep &= df.question.isin(list(qs))
+    return df[keep].reset_index(drop=True)
 
 
 def load_per_subgroup_modes(cfg: EnhancementConfig, modes: Sequence[str], store_root: str | Path = DEFAULT_STORE_ROOT
                             ) -> pd.DataFrame:
-    """The per-subgroup tables of the shared stores of ``cfg`` for each truth mode (column ``truth_mode``)."""
+    """The per-subgroup rows of ``cfg`` (:func:`rows_of`) in its shared stores, for each truth mode (column ``truth_mode``)."""
     frames = []
     for mode in modes:
         df = ResultStore(store_dir_for(cfg, mode, store_root)).load_all_per_subgroup()
         df["truth_mode"] = mode
         frames.append(df)
-    return pd.concat(frames, ignore_index=True)
+    return rows_of(cfg, pd.concat(frames, ignore_index=True))
 
 
 def with_distributions(per: pd.DataFrame, dist: np.ndarray, prefix: str) -> pd.DataFrame:
@@ -223,13 +239,6 @@ def summary_table(results: pd.DataFrame, metric_cols=("jsd_mean", "wd_mean", "wd
     E.g. ``by=["truth_mode"]`` gives one block of rows per truth mode.
     """
     table = results.groupby(list(by) + ["method"])[list(metric_cols)].mean()
-    if by:
-        rank = {m: i for i, m in enumerate(list(methods.ALL))}
-        return table.sort_index(key=lambda idx: idx.map(lambda m: rank.get(m, len(rank))) if idx.name == "method" else idx)
-    order = [m for m in methods.ALL if m in table.index] + [m for m in table.index if m not in methods.ALL]
-    return table.loc[order]
-
-
-def load_per_subgroup(store_dir: str | Path) -> pd.DataFrame:
-    """Every stored per-subgroup table of a run, stacked with its key fields."""
-    return ResultStore(store_dir).load_all_per_subgroup()
+    others = sorted(set(results["method"]) - set(methods.ALL))  # e.g. floor, after the registry's methods
+    rank = {m: i for i, m in enumerate(list(methods.ALL) + others)}
+    return table.sort_index(key=lambda idx: idx.map(rank) if idx.name == "method" else idx)

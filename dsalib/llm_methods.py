@@ -58,7 +58,12 @@ class LanguageModel:
 
     @classmethod
     def load(cls, name: str = lm_mod.DEFAULT_MODEL, **kwargs) -> "LanguageModel":
+        """Load a model by name; ``prefix_cache_dir`` relative to the repository root (as notebooks give it) or absolute."""
         load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "cache_dir", "trust_remote_code") if k in kwargs}
+        if kwargs.get("prefix_cache_dir"):
+            from .results import resolve_output_dir
+
+            kwargs["prefix_cache_dir"] = str(resolve_output_dir(kwargs["prefix_cache_dir"]))
         model, tok = lm_mod.load_model(name, **load_kw)
         return cls(name=name, model=model, tokenizer=tok, **kwargs)
 

@@ -533,6 +533,12 @@ def _rule_text(rule: Mapping) -> str:
 TABLE_DIGITS = 8
 
 
+def scalar_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` without the columns that hold dicts or lists (e.g. training reports; the stores keep them)."""
+    nested = [c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()]
+    return df.drop(columns=nested)
+
+
 def write_table(df: pd.DataFrame, path: str | os.PathLike, prov: Mapping, index: bool = False) -> Path:
     """Write a result table as CSV with the provenance columns (:func:`provenance`) appended.
 

@@ -141,19 +141,16 @@ display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_re
 # %%
 from dsalib.llm_methods import LanguageModel
 
-prefix_dir = str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None
 rules = {}
 
 
 def run(cfg, lm):
-    res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
-    return res[res.question.isin(list(cfg.questions or qs)) & res.seed.isin(list(cfg.seeds))
-               & res.method.isin(list(cfg.methods) + ["floor"])]
+    return experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
 
 
 timing = []
 runs = []
-lm = LanguageModel.load(model, prefix_cache_dir=prefix_dir)
+lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 rules[model] = lm.describe()
 res_default = run(default_cfg, lm)
 runs.append(robustness.label_runs(res_default, part="phase", model=model, strategy="last_layer",
@@ -169,7 +166,7 @@ for m in models:
     else:
         lm = None
         gc.collect()
-        lm = LanguageModel.load(m, prefix_cache_dir=prefix_dir)
+        lm = LanguageModel.load(m, prefix_cache_dir=prefix_cache)
         rules[m] = lm.describe()
         r = run(config(model_=m), lm)
     runs.append(robustness.label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
@@ -177,7 +174,7 @@ runs = pd.concat(runs, ignore_index=True)
 prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(models))),
                           option_rule={m: r for m, r in rules.items()}, seeds=seeds, n=n,
                           subset_questions=" ".join(sqs), subset_seeds=" ".join(map(str, subset_seeds)))
-flat = runs.drop(columns=[c for c in runs.columns if runs[c].map(lambda v: isinstance(v, (dict, list))).any()])
+flat = results.scalar_columns(runs)
 results.write_table(flat, out / "results.csv", prov)
 
 # %% [markdown]

@@ -140,7 +140,7 @@ uses_model = any(method_registry.needs_model(m) for m in methods + curve_methods
 if pending and uses_model:
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
+    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 stage_seconds = {}
 t0 = time.perf_counter()
 ref = efficiency.run_sizes(cfg, [n], modes, store_root, lm=lm)
@@ -158,10 +158,9 @@ prov = results.provenance(survey, model=model if uses_model else None, option_ru
                           metric=metric, template=template)
 prov_ts = {**prov, "seeds": " ".join(str(s) for s in range(ts_n_seeds))}
 prov_curve = {**prov, "seeds": " ".join(str(s) for s in curve_seeds)}
-flat = lambda df: df.drop(columns=[c for c in df.columns if df[c].map(lambda v: isinstance(v, (dict, list))).any()])  # noqa: E731
-results.write_table(flat(ref), out / "reference_results.csv", prov)
-results.write_table(flat(ts), out / "ts_grid_results.csv", prov_ts)
-results.write_table(flat(across), out / "across_sizes_results.csv", prov_curve)
+results.write_table(results.scalar_columns(ref), out / "reference_results.csv", prov)
+results.write_table(results.scalar_columns(ts), out / "ts_grid_results.csv", prov_ts)
+results.write_table(results.scalar_columns(across), out / "across_sizes_results.csv", prov_curve)
 results.write_metadata(out, study="data_efficiency", params=params, option_rule=option_rule, computed=pending,
                        data=survey.describe(), stage_seconds=stage_seconds,
                        stores=sorted({str(experiments.store_dir_for(dataclasses.replace(cfg, n=s), m, store_root))

@@ -91,15 +91,13 @@ lm = None
 if any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
+    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
-res = res[res.question.isin(qs) & res.seed.isin(list(seeds)) & res.method.isin(list(methods) + ["floor"])]
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
                           seeds=seeds, n=n, template=template)
-flat = res.drop(columns=[c for c in res.columns if res[c].map(lambda v: isinstance(v, (dict, list))).any()])
+flat = results.scalar_columns(res)
 results.write_table(flat, out / "results.csv", prov)
 per = experiments.load_per_subgroup_modes(cfg, modes, store_root)
-per = per[per.question.isin(qs) & per.seed.isin(list(seeds)) & per.method.isin(list(methods) + ["floor"])]
 results.write_table(per, out / "per_subgroup.csv", prov)
 meta = results.write_metadata(out, study="enhancement", params=params, option_rule=lm.describe() if lm else None,
                               data=survey.describe(),

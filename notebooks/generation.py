@@ -131,7 +131,7 @@ lm = None
 if any(m in generation.LLM_METHODS for m in methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
+    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 res, per = generation.run_generation(cfg, lm=lm, store_root=store_root, split=split)
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe(split.n_options) if lm else None,
                           seeds=seeds, truth_mode="test population (no overlap with training)",

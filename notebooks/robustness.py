@@ -132,17 +132,14 @@ lm = None
 if any(method_registry.needs_model(m) for m in list(methods) + list(prompt_methods)):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
+    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
                           seeds=seeds, n=n, metric=metric)
 per_frames, res_frames = [], []
 for size in dict.fromkeys([n] + list(sizes)):
     c = config(n_=size)
-    r = experiments.run_enhancement(c, lm=lm, modes=modes, store_root=store_root)
-    p = experiments.load_per_subgroup_modes(c, modes, store_root)
-    keep = ["TS", "floor"] + list(methods)
-    r = r[r.question.isin(qs) & r.seed.isin(list(seeds)) & r.method.isin(keep)].assign(train_size=size)
-    p = p[p.question.isin(qs) & p.seed.isin(list(seeds)) & p.method.isin(keep)].assign(train_size=size)
+    r = experiments.run_enhancement(c, lm=lm, modes=modes, store_root=store_root).assign(train_size=size)
+    p = experiments.load_per_subgroup_modes(c, modes, store_root).assign(train_size=size)
     res_frames.append(r)
     per_frames.append(p)
 res = pd.concat(res_frames, ignore_index=True)
@@ -227,11 +224,8 @@ else:
 if prompt_cfgs:
     tres, tper = [], []
     for t, c in prompt_cfgs.items():
-        r = experiments.run_enhancement(c, lm=lm, modes=[prompt_mode], store_root=store_root)
-        p = experiments.load_per_subgroup_modes(c, [prompt_mode], store_root)
-        keep = ["TS", "floor"] + list(prompt_methods)
-        tres.append(r[r.question.isin(pqs) & r.seed.isin(list(prompt_seeds)) & r.method.isin(keep)].assign(template=t))
-        tper.append(p[p.question.isin(pqs) & p.seed.isin(list(prompt_seeds)) & p.method.isin(keep)].assign(template=t))
+        tres.append(experiments.run_enhancement(c, lm=lm, modes=[prompt_mode], store_root=store_root).assign(template=t))
+        tper.append(experiments.load_per_subgroup_modes(c, [prompt_mode], store_root).assign(template=t))
     tres = pd.concat(tres, ignore_index=True)
     tper = pd.concat(tper, ignore_index=True)
     pprov = results.provenance(survey, model=model, option_rule=lm.describe(), seeds=prompt_seeds, n=n,

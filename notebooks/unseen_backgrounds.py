@@ -104,12 +104,11 @@ lm = None
 if pending and any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=str(results.resolve_output_dir(prefix_cache)) if prefix_cache else None)
+    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
-res = efficiency.select(res, qs, seeds, methods)
 option_rule = efficiency.stored_option_rule(res)
 uses_model = any(method_registry.needs_model(m) for m in methods)
-per = efficiency.select(experiments.load_per_subgroup_modes(cfg, modes, store_root), qs, seeds, methods)
+per = experiments.load_per_subgroup_modes(cfg, modes, store_root)
 per = efficiency.with_presence(per)
 prov = results.provenance(survey, model=model if uses_model else None, option_rule=option_rule, seeds=seeds, n=n,
                           template=template)

@@ -48,6 +48,8 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # dsalib without an installed package
+    sys.path.insert(0, str(REPO_ROOT))
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
 OUTPUTS = REPO_ROOT / "outputs"
@@ -196,7 +198,6 @@ def missing_data(params: dict) -> str | None:
     Parameter files for the full archive datasets (e.g. params/generation/wvs.yaml) live beside the
     embedded reference runs; they run once a user has put the file in the data folder.
     """
-    sys.path.insert(0, str(REPO_ROOT))
     from dsalib import surveys
 
     name = params.get("dataset")
@@ -213,7 +214,6 @@ def record_time(run: Run, seconds: float, out_root: Path) -> None:
 
     import pandas as pd
 
-    sys.path.insert(0, str(REPO_ROOT))
     from dsalib.results import code_version, write_csv
 
     path = out_root / "run_times.csv"
