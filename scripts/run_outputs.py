@@ -21,9 +21,10 @@ For every notebook ``notebooks/<study>.ipynb`` and every parameter file
   reproducibility page shows that table.
 - Parameter files are checked against the notebook's ``parameters`` cell
   before anything runs: an unknown name is an error.
-- Notebooks run in a kernel named ``python3`` that is *this* interpreter
-  (a private kernelspec put first on ``JUPYTER_PATH``), whatever user kernels
-  exist; run the script with the project's venv.
+- Notebooks run in the kernel their metadata names (``dsa``, see
+  ``dsalib.kernel``), resolved to *this* interpreter by a private kernelspec
+  put first on ``JUPYTER_PATH``, whatever user kernels exist; run the script
+  with the project's venv.
 
 Examples::
 
@@ -36,8 +37,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -50,12 +49,12 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # dsalib without an installed package
     sys.path.insert(0, str(REPO_ROOT))
+from dsalib.kernel import KERNEL_NAME, private_kernel  # noqa: E402  (the notebooks' kernel, resolved to this interpreter)
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
 OUTPUTS = REPO_ROOT / "outputs"
 #: Folders of params/ that hold no study's parameter files.
 NOT_STUDIES = {"smoke", "datasets"}
-KERNEL_NAME = "python3"
 
 
 @dataclass(frozen=True)
@@ -111,30 +110,6 @@ def load_params(run: Run) -> dict:
     if "output_dir" in params:
         raise ValueError(f"{run.params_file}: leave output_dir out; the runner sets it")
     return params
-
-
-@contextlib.contextmanager
-def private_kernel(name: str = KERNEL_NAME):
-    """Make kernel ``name`` resolve to this interpreter (a temporary kernelspec first on JUPYTER_PATH)."""
-    with tempfile.TemporaryDirectory(prefix="dsa-kernel-") as tmp:
-        spec_dir = Path(tmp) / "kernels" / name
-        spec_dir.mkdir(parents=True)
-        spec = {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3",
-            "language": "python",
-            "metadata": {"debugger": False},
-        }
-        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
-        old = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + old if old else "")
-        try:
-            yield name
-        finally:
-            if old is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = old
 
 
 def _record_paths(path: Path, run: Run) -> None:
