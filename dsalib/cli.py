@@ -62,8 +62,25 @@ def studies() -> list[str]:
     return sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _exponent_floats(value):
+    """``1e-4`` as a number: PyYAML (YAML 1.1) reads a float without a dot as text."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_exponent_floats(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _exponent_floats(v) for k, v in value.items()}
+    return value
+
+
 def parse_set(items: list[str]) -> dict:
-    """``--set key=value`` options as a dict, each value parsed as YAML (``'[TS, MNL]'`` is a list)."""
+    """``--set key=value`` options as a dict, each value parsed as YAML (``'[TS, MNL]'`` is a list).
+
+    Unlike plain PyYAML, ``1e-4`` is read as a number (quote it, ``"'1e-4'"``, for text).
+    """
     out: dict = {}
     for item in items:
         key, sep, text = item.partition("=")
@@ -73,7 +90,9 @@ def parse_set(items: list[str]) -> dict:
         if key in out:
             raise UsageError(f"--set {key}=... is given twice")
         try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
+            value = yaml.safe_load(text) if text.strip() else None
+            quoted = text.strip()[:1] in ("'", '"')
+            out[key] = value if quoted else _exponent_floats(value)
         except yaml.YAMLError as exc:
             raise UsageError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]})") from None
     return out
@@ -142,11 +161,12 @@ def _check_dataset(value, data_dir: Path | None) -> str:
 
 
 def resolve_run_params(study: str, params_file: Path | None = None, overrides: dict | None = None,
-                       data_dir: Path | None = None) -> dict:
+                       data_dir: Path | None = None, options: dict | None = None) -> dict:
     """The parameters a ``dsa run`` passes to the notebook, checked against its ``parameters`` cell.
 
-    ``overrides`` are the ``--set`` values (and ``--dataset``/``--model`` as
-    ``dataset``/``model``); they win over the parameter file. Raises
+    ``overrides`` are the ``--set`` values and ``options`` the dedicated
+    options (``{"dataset": ..., "model": ...}`` from ``--dataset``/``--model``);
+    both win over the parameter file, and giving a name in both is an error. Raises
     :class:`UsageError` naming the option for an unknown parameter, a value of
     the wrong shape, ``output_dir`` (use ``--output-dir``), or a dataset that
     cannot be loaded here. ``output_dir`` is not set here.
@@ -161,6 +181,10 @@ def resolve_run_params(study: str, params_file: Path | None = None, overrides: d
     if params_file is not None:
         sources.append((f"--params {params_file}", _read_params_file(params_file)))
     sources.append(("--set", dict(overrides or {})))
+    for name, value in (options or {}).items():
+        if name in (overrides or {}):
+            raise UsageError(f"--{name} and --set {name}=... both given; give one")
+        sources.append((f"--{name.replace('_', '-')} {value}", {name: value}))
     params: dict = {}
     for where, given in sources:
         for name, value in given.items():
@@ -210,7 +234,8 @@ def run_paths(study: str, name: str, output_dir: Path | None, out_notebook: Path
         out_param = str(folder)
     else:
         folder = RUNS / study / name
-        out_param = str(folder.relative_to(REPO_ROOT))
+        # repository-relative (the notebooks resolve it under the root): no machine paths in the parameters
+        out_param = str(folder.relative_to(REPO_ROOT)) if folder.is_relative_to(REPO_ROOT) else str(folder)
     notebook = out_notebook.expanduser().resolve() if out_notebook is not None else folder.with_name(folder.name + ".ipynb")
     if notebook.suffix != ".ipynb":
         raise UsageError(f"--out-notebook {out_notebook}: the executed notebook's name must end in .ipynb")
@@ -238,19 +263,14 @@ def _format_failure(exc: BaseException) -> str:
 
 def cmd_run(args) -> int:
     overrides = parse_set(args.set or [])
-    for option, key in (("--dataset", "dataset"), ("--model", "model")):
-        value = getattr(args, key)
-        if value is not None:
-            if key in overrides:
-                raise UsageError(f"{option} and --set {key}=... both given; give one")
-            overrides[key] = value
+    options = {key: getattr(args, key) for key in ("dataset", "model") if getattr(args, key) is not None}
     data_dir = None
     if args.data_dir is not None:
         data_dir = args.data_dir.expanduser().resolve()
         if not data_dir.is_dir():
             raise UsageError(f"--data-dir {args.data_dir}: no such folder")
     params_file = args.params.expanduser().resolve() if args.params else None
-    params = resolve_run_params(args.study, params_file, overrides, data_dir)
+    params = resolve_run_params(args.study, params_file, overrides, data_dir, options)
     name = args.name or default_run_name(args.study, params_file, params)
     out_param, notebook = run_paths(args.study, name, args.output_dir, args.out_notebook)
     params["output_dir"] = out_param
