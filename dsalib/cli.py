@@ -173,6 +173,9 @@ def resolve_run_params(study: str, params_file: Path | None = None, overrides: d
     """
     from .notebook_params import declared_defaults
 
+    if not NOTEBOOKS.is_dir():
+        raise UsageError(f"no notebooks folder at {NOTEBOOKS}: dsa run needs a clone of the repository with dsalib "
+                         "installed from it in editable mode (make setup, or pip install -e .)")
     known = studies()
     if study not in known:
         raise UsageError(f"unknown study {study!r}{_suggest(study, known)}; studies: {', '.join(known)}")
@@ -191,6 +194,9 @@ def resolve_run_params(study: str, params_file: Path | None = None, overrides: d
             label = f"{where} {name}=..." if where == "--set" else where
             if name == "output_dir":
                 raise UsageError(f"{label}: leave output_dir out; use --output-dir DIR")
+            if name == "data_dir" and name not in defaults:
+                raise UsageError(f"{label}: the {study} notebook has no parameter data_dir; give the data folder "
+                                 "with --data-dir DIR (the kernel gets it as DSA_DATA_DIR)")
             if name not in defaults:
                 raise UsageError(f"{label}: the {study} notebook has no parameter {name!r}{_suggest(name, defaults)}; "
                                  f"it declares {', '.join(k for k in defaults if k != 'output_dir')}")
@@ -560,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into e.g. head, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except UsageError as exc:
         print(f"dsa {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -275,6 +275,7 @@ def test_run_readme_example_end_to_end(my_survey, capsys, tmp_path):
     (["run", "enhancement", "--dataset", "/nonexistent/my.yaml"], "dataset spec /nonexistent/my.yaml: no such file"),
     (["run", "enhancement", "--dataset", "wvs", "--data-dir", "."], "needs its data file"),
     (["run", "enhancement", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such folder"),
+    (["run", "enhancement", "--set", "data_dir=/tmp"], "has no parameter data_dir; give the data folder with --data-dir"),
     (["run", "theorem", "--dataset", "beps"], "--dataset beps: the theorem notebook has no parameter 'dataset'"),
     (["run", "enhancement", "--params", "/nonexistent.yaml"], "--params /nonexistent.yaml: no such file"),
     (["run", "enhancement", "--name", "../x"], "--name '../x': use letters, digits"),
