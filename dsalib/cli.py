@@ -421,7 +421,7 @@ def cmd_check_spec(args) -> int:
         hint = (f" The file you gave is named {data.name!r}: list that name (or a pattern that matches it) under "
                 f"'files:' in {spec.path}." if data.is_file() else "")
         raise DsaError(f"{exc}{hint}") from None
-    used = Path(survey.source_name).resolve()
+    used = Path(getattr(survey, "source_path", None) or survey.source_name).resolve()  # the file the loader read
     if data.is_file() and used != data:
         raise DsaError(f"{spec.path}: its 'files:' patterns {patterns} pick {used} in {directory}, not the file you "
                        f"gave ({data.name}); name your file in 'files:' or move the other file away")

@@ -45,7 +45,7 @@ EXPECTED_OUTPUTS = {
 
 @pytest.fixture(scope="module")
 def kernel():
-    """Kernel ``python3`` = this interpreter, whether or not ``make setup`` installed a user kernel."""
+    """Kernel ``dsa`` (the notebooks' kernelspec) = this interpreter, whether or not ``make setup`` installed a user kernel."""
     with run_outputs.private_kernel() as name:
         yield name
 
