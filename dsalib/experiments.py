@@ -98,14 +98,17 @@ def store_dir_for(cfg: EnhancementConfig, mode: str | None = None, root: str | P
 
 
 def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None, lm=None, progress=print,
-                    modes: Sequence[str] | None = None, store_root: str | Path = DEFAULT_STORE_ROOT) -> pd.DataFrame:
+                    modes: Sequence[str] | None = None, store_root: str | Path = DEFAULT_STORE_ROOT,
+                    floor: bool = True) -> pd.DataFrame:
     """Run (or resume) the Enhancement study; returns the stores' tidy table (column ``truth_mode``).
 
     ``modes``: the ground-truth modes to evaluate (default ``[cfg.mode]``).
     The training sample of a seed is the same in every mode, so each method
     is fitted once per (question, seed) and scored against every mode's
     truth.  Each mode has its own store: ``store_dir`` (one mode only) or the
-    shared :func:`store_dir_for` under ``store_root``.
+    shared :func:`store_dir_for` under ``store_root``.  ``floor=False`` leaves
+    the noise floor to another job (:mod:`dsalib.grid` computes it with the
+    statistical methods).
     """
     cfg.check()
     modes = list(dict.fromkeys(modes or [cfg.mode]))
@@ -128,7 +131,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
     for q in questions:
         surveys.check_levels_populated(survey, q, attrs)
         for seed in cfg.seeds:
-            keys = [RunKey("enhancement", cfg.dataset, q, int(seed), m) for m in order + ["floor"]]
+            keys = [RunKey("enhancement", cfg.dataset, q, int(seed), m) for m in order + (["floor"] if floor else [])]
             if not any(stores[mode].pending(keys) for mode in modes):
                 continue
             splits = {mode: surveys.enhancement_split(survey, q, cfg.n, int(seed), mode, attrs, cfg.weighted_truth)
@@ -141,7 +144,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
                                template=cfg.template, code_commit=commit)
                 contexts[mode] = context
                 store, floor_key = stores[mode], keys[-1]
-                if not store.has(floor_key):
+                if floor and not store.has(floor_key):
                     per = baselines.noise_floor(split.truth, seed=int(seed), min_size=cfg.min_eval_size)
                     kept = split.truth.n >= cfg.min_eval_size
                     per = with_distributions(per, split.truth.dist[kept], "truth")
