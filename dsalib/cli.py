@@ -490,6 +490,10 @@ def cmd_list(args) -> int:
     for s in studies():
         files = sorted(p.name for p in (PARAMS / s).glob("*.yaml"))
         print(f"  {s:20s} params/{s}/: {', '.join(files) if files else '(none)'}")
+    others = sorted(d for d in PARAMS.iterdir() if d.is_dir() and d.name not in set(studies()) | NOT_STUDIES
+                    and any(d.glob("*.yaml"))) if PARAMS.is_dir() else []
+    for d in others:  # e.g. params/paper/<study>-<dataset>-<model>.yaml
+        print(f"  {'(other)':20s} params/{d.name}/: {', '.join(sorted(p.name for p in d.glob('*.yaml')))}")
     print("\ndatasets (dsa describe <dataset>):")
     for name in surveys.available_datasets():
         try:

@@ -305,7 +305,9 @@ def test_run_checks_the_parameter_file(capsys, no_kernel, tmp_path):
                                                if p.parent.name != "datasets"), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_parameter_file_passes_the_checks(params_file):
     """The checks are not stricter than the notebooks: every committed parameter file passes (data permitting)."""
-    study = params_file.stem if params_file.parent.name == "smoke" else params_file.parent.name
+    folder = params_file.parent.name
+    # params/<study>/x.yaml, params/smoke/<study>.yaml, params/paper/<study>-<dataset>-<model>.yaml
+    study = folder if folder in cli.studies() else next(s for s in cli.studies() if params_file.stem.startswith(s))
     try:
         params = cli.resolve_run_params(study, params_file)
     except cli.UsageError as exc:
