@@ -222,7 +222,7 @@ def test_environment_variable_data_dir(tmp_path, monkeypatch):
 def test_absent_column_and_non_numeric_codes(tmp_path):
     df = _ess_frame().drop(columns=["eisced"])
     df.to_csv(tmp_path / "ESS9e03_2.csv", index=False)
-    with pytest.raises(DsaError, match="column 'eisced' for background 'education' is absent"):
+    with pytest.raises(DsaError, match=r"absent from the file: 'eisced' \(background 'education'\)"):
         surveys.load_survey("ess9", data_dir=tmp_path)
     df = _ess_frame()
     df["imbgeco"] = df["imbgeco"].astype(object)
