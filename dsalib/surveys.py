@@ -326,6 +326,12 @@ def _separator_hint(raw: pd.DataFrame) -> str:
             "in the source (or remove a wrong 'sep' so it is detected).")
 
 
+def _extends_ref(spec: DatasetSpec) -> str:
+    """How an extending spec names this one: a built-in by name, any other by path."""
+    p = Path(spec.path)
+    return spec.name if p.parent.resolve() == SPEC_DIR.resolve() and p.stem == spec.name else str(p.resolve())
+
+
 def _unlisted_check(values: pd.Series, valid: np.ndarray, missing: tuple, column: str, labels: dict,
                     what: str, where: str, spec_path: str) -> None:
     answered = values.notna().to_numpy() & ~values.isin(list(missing)).to_numpy()
@@ -463,7 +469,7 @@ def recode(
             unavailable["weight"] = (
                 f"weight column '{source.weight}' (sources: weight: in {spec.path}) is absent from the file; "
                 "run unweighted (weighted=False / weighted_truth: false), or write a spec with "
-                f"'extends: {spec.path}' whose source sets 'weight: null'"
+                f"'extends: {_extends_ref(spec)}' whose source sets 'weight: null'"
             )
             out["_weight"] = np.ones(len(raw))
         else:
@@ -473,13 +479,13 @@ def recode(
                 raise DsaError(
                     f"{where}: weight column '{source.weight}' has {int(negative.sum())} negative value(s) "
                     f"(e.g. {w[negative][0]!r}); weights must be ≥ 0. Fix the file, or run without weights by "
-                    f"writing a spec with 'extends: {spec.path}' whose source sets 'weight: null'."
+                    f"writing a spec with 'extends: {_extends_ref(spec)}' whose source sets 'weight: null'."
                 )
             usable = np.isfinite(w) & (w > 0)
             if not usable.any():
                 raise DsaError(
                     f"{where}: weight column '{source.weight}' has no positive weight (all empty or zero); "
-                    f"fix the file, or run without weights ('weight: null' in a spec that extends {spec.path})."
+                    f"fix the file, or run without weights ('weight: null' in a spec with 'extends: {_extends_ref(spec)}')."
                 )
             out["_weight"] = np.where(usable, w, np.nan)
             weight = source.weight

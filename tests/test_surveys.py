@@ -173,6 +173,7 @@ def _ess_frame(n=400, seed=0):
             "domicil": rng.choice([1, 2, 3, 4, 5, 8], n),
             "polintr": rng.choice([1, 2, 3, 4], n),
             "anweight": rng.uniform(0.5, 2, n),
+            "essround": 9,
         }
     )
     for q, spec in surveys.load_spec("ess9").core.items():
