@@ -170,6 +170,7 @@ class Survey:
     unavailable: dict = field(default_factory=dict)
     weight: str | None = None  # the weight column in use (None: unweighted only)
     value_labels: dict = field(default_factory=dict)  # column -> {code: label} from the file
+    loaded_background: tuple[str, ...] | None = None  # the attributes load_survey was asked for
 
     def __post_init__(self):
         if self.weight is None and self.source.weight and "weight" not in self.unavailable:
@@ -185,7 +186,8 @@ class Survey:
 
     @property
     def default_background(self) -> tuple[str, ...]:
-        return self.source.default_background or tuple(self.background)
+        """The attributes used when none are named: those asked for at loading, else the source's default."""
+        return self.loaded_background or self.source.default_background or tuple(self.background)
 
     def question(self, name: str) -> CoreQuestion:
         if name not in self.core:
@@ -501,7 +503,8 @@ def recode(
     frame = pd.DataFrame(out)
     used_cols = [c for c in [*core_cols.values(), *(b.variable for b in bg_specs.values())] if c in file_labels]
     survey = Survey(spec, source, source_name, frame, core, background_used, unavailable=unavailable,
-                    weight=weight, value_labels={c: file_labels[c] for c in used_cols})
+                    weight=weight, value_labels={c: file_labels[c] for c in used_cols},
+                    loaded_background=tuple(background) if background is not None else None)
     return survey
 
 
