@@ -421,10 +421,11 @@ def recode(
         if q in unavailable:
             continue
         cq = replace(spec.core[q], variable=column, wording=_substitute(spec.core[q].wording, source.substitutions))
-        values = _numeric_codes(raw, column, where)
+        text_codes = any(isinstance(o.code, str) for o in cq.options)
+        values = raw[column].astype("string").str.strip() if text_codes else _numeric_codes(raw, column, where)
         idx = np.full(len(raw), -1, dtype=np.int64)
         for i, opt in enumerate(cq.options):
-            idx[(values == opt.code).to_numpy()] = i
+            idx[(values == (str(opt.code) if text_codes else opt.code)).fillna(False).to_numpy(dtype=bool)] = i
         _unlisted_check(values, idx >= 0, cq.missing, column, file_labels.get(column, {}),
                         f"core question '{q}'", where, spec.path)
         if not (idx >= 0).any():

@@ -360,3 +360,19 @@ def test_spec_paths_relative_and_absolute(tmp_path, monkeypatch):
     with pytest.raises(SpecError) as err:
         surveys.load_spec("tv16")
     assert "tv16.yaml.yaml" not in str(err.value) and "Known datasets" in str(err.value)
+
+
+def test_text_option_codes(tmp_path):
+    """Options may be coded by text in the file (e.g. an export with labels); any code that is text makes all text."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"q": rng.choice(["Agree", "Disagree", "Don't know", "9"], 200), "g": rng.choice([1, 2], 200)})
+    (tmp_path / "d").mkdir()
+    df.to_csv(tmp_path / "d" / "t.csv", index=False)
+    spec = {"name": "t", "sources": [{"kind": "file", "files": ["t.csv"]}],
+            "core": {"q": {"wording": "Q?", "options": {"Agree": "Agree", "Disagree": "Disagree", "9": "Nine"},
+                           "missing": ["Don't know"]}},
+            "background": {"g": {"variable": "g", "wording": "G?", "levels": [{"name": "a", "codes": [1]}, {"name": "b", "codes": [2]}]}}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    s = surveys.load_survey(str(tmp_path / "t.yaml"), data_dir=tmp_path / "d")
+    counts = surveys.subgroup_table(s, "q").counts.sum(axis=0)
+    assert counts.tolist() == [(df.q == "Agree").sum(), (df.q == "Disagree").sum(), (df.q == "9").sum()]
