@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import DataFileNotFound, DsaError, SpecError
+from .errors import DataFileNotFound, DsaError
 from .loaders import (  # noqa: F401  (re-exported)
     CSV_SEPARATORS,
     DATA_DIR_ENV,
