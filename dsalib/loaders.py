@@ -113,6 +113,27 @@ def _read_csv(path: Path, sep: str | None) -> pd.DataFrame:
     return frame
 
 
+#: Encodings tried, in order, for SPSS/Stata files whose text the file's own encoding cannot decode
+#: (older Stata files from Chinese archives such as CGSS and CFPS hold GBK text).
+LEGACY_ENCODINGS = ("gb18030", "latin1")
+
+
+def _read_labelled(reader, path: Path):
+    """``reader(path)`` as codes; on an undecodable text encoding, retry with :data:`LEGACY_ENCODINGS`."""
+    try:
+        return reader(str(path), apply_value_formats=False)
+    except Exception as exc:  # pyreadstat's ReadstatError
+        if "encoding" not in str(exc).lower() and "convert string" not in str(exc).lower():
+            raise
+        first = exc
+    for encoding in LEGACY_ENCODINGS:
+        try:
+            return reader(str(path), apply_value_formats=False, encoding=encoding)
+        except Exception:  # noqa: BLE001 - try the next encoding, report the first error below
+            continue
+    raise first
+
+
 def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
     """Read a CSV, SPSS (.sav) or Stata (.dta) file as raw codes; value labels go to ``attrs``.
 
@@ -131,7 +152,7 @@ def read_table(path: Path, sep: str | None = None) -> pd.DataFrame:
             import pyreadstat
 
             reader = pyreadstat.read_dta if suffix == ".dta" else pyreadstat.read_sav
-            frame, meta = reader(str(path), apply_value_formats=False)
+            frame, meta = _read_labelled(reader, path)
             frame.attrs["value_labels"] = dict(meta.variable_value_labels or {})
             return frame
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:

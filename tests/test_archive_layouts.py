@@ -258,3 +258,28 @@ def test_cfps2018_stata_file(tmp_path):
     for q in ["qn12012", "qm2016", "qn10021"]:
         assert surveys.subgroup_table(s, q).n_respondents == _expected_eligible(spec, df, q, attrs)
     assert s.background["gender"].level_names == ("male", "female")
+
+
+def test_stata_text_in_a_legacy_encoding_is_retried(tmp_path, monkeypatch):
+    """Older CGSS/CFPS Stata files hold GBK text; pyreadstat then fails on the encoding and the loader retries."""
+    from dsalib import loaders
+
+    df = pd.DataFrame({"a2": [1, 2, 1]})
+    path = tmp_path / "CGSS2018.dta"
+    pyreadstat.write_dta(df, str(path), variable_value_labels={"a2": {1: "男", 2: "女"}})
+    real = pyreadstat.read_dta
+    calls = []
+
+    def picky(p, encoding=None, **kw):
+        calls.append(encoding)
+        if encoding is None:
+            raise pyreadstat.ReadstatError("Unable to convert string to the requested encoding (invalid byte sequence)")
+        return real(p, **kw)
+
+    monkeypatch.setattr(pyreadstat, "read_dta", picky)
+    frame = loaders.read_table(path)
+    assert calls == [None, "gb18030"] and frame["a2"].tolist() == [1, 2, 1]
+    monkeypatch.setattr(pyreadstat, "read_dta", lambda p, encoding=None, **kw: (_ for _ in ()).throw(
+        pyreadstat.ReadstatError("Unable to convert string to the requested encoding")))
+    with pytest.raises(DsaError, match="could not be read"):
+        loaders.read_table(path)
