@@ -60,8 +60,11 @@ cfg = EnhancementConfig(dataset=args.dataset, questions=args.questions or None, 
 try:
     cfg.check()
     # load (and check) the data before a model is loaded: a bad spec or file fails in seconds
-    surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
-                        background=cfg.background)
+    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
+                                 background=cfg.background)
+    if cfg.weighted_truth and not survey.weight:
+        raise DsaError(f"--weighted-truth: dataset '{survey.name}' has no respondent weight here: "
+                       + survey.unavailable.get("weight", f"the source in use ({survey.source_name}) has no weight column; leave out --weighted-truth"))
 except DsaError as exc:
     sys.exit(f"error: {exc}")
 lm = LanguageModel.load(args.model, prefix_cache_dir=args.prefix_cache) if any(map(needs_model, args.methods)) else None
