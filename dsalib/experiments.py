@@ -117,7 +117,8 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
         raise ParameterError(f"truth modes must be among {surveys.TRUTH_MODES}, got {bad}")
     if store_dir is not None and len(modes) > 1:
         raise ParameterError("store_dir names one store; with several truth modes give store_root instead")
-    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
+                                 background=cfg.background)
     questions = surveys.iter_questions(survey, cfg.questions)
     attrs = survey.check_background(cfg.background)
     stores = {}
