@@ -184,20 +184,20 @@ def test_check_spec_bad_inputs(my_survey, capsys, tmp_path):
     rc, _, err = run_cli(capsys, "check-spec", str(spec), "--data", str(data))
     assert rc == 1 and "region" in err and "absent" in err
 
-    # every code of a question is outside the spec: FAIL naming the column and the codes seen
+    # every code of a question is outside the spec: the loader refuses, naming the column and the codes seen
     bad = frame.copy()
     bad["satisfied"] = bad["satisfied"] + 10
     bad.to_csv(data, index=False)
     rc, out, err = run_cli(capsys, "check-spec", str(spec), "--data", str(data))
     assert rc == 1
-    assert "FAIL: core 'satisfied' (column satisfied): no row has a code the spec lists" in err and "11" in err
+    assert "100% of the non-missing codes in column 'satisfied'" in err and "11" in err and "my_survey.yaml" in err
 
-    # more than half of a question's codes outside the spec: a warning, exit 0
+    # more than half of a question's codes outside the spec: refused too (surveys.MAX_UNLISTED_SHARE)
     half = frame.copy()
     half.loc[: int(len(half) * 0.6), "trust_gov"] = 8
     half.to_csv(data, index=False)
-    rc, out, _ = run_cli(capsys, "check-spec", str(spec), "--data", str(data))
-    assert rc == 0 and "WARNING: core 'trust_gov'" in out
+    rc, out, err = run_cli(capsys, "check-spec", str(spec), "--data", str(data))
+    assert rc == 1 and "column 'trust_gov'" in err and "match no option or level" in err
 
     # a data file whose name the spec's files: patterns do not match
     other = folder / "answers.csv"
