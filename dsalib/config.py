@@ -569,6 +569,9 @@ class TheoremConfig(StudyConfig):
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/theorem/default/")
 
     def check(self) -> None:
+        if len(self.levels) < 2:
+            raise ParameterError(f"parameter 'levels' of the {self.study} study needs at least two attributes, "
+                                 f"got {self.levels}")
         for name in ("effect_scale", "smoothing"):
             if getattr(self, name) <= 0:
                 raise ParameterError(f"parameter '{name}' of the {self.study} study must be > 0, "
