@@ -19,7 +19,7 @@ ap.add_argument("--questions", nargs="*")
 ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
 ap.add_argument("--n", type=int, default=500)
 ap.add_argument("--mode", default="full")
-ap.add_argument("--methods", nargs="*", default=list(EnhancementConfig.methods))
+ap.add_argument("--methods", nargs="*", default=EnhancementConfig().methods)
 ap.add_argument("--model", default="smollm2-135m")
 ap.add_argument("--weighting", default="count")
 ap.add_argument("--lr", type=float, default=5e-5)
@@ -30,7 +30,7 @@ args = ap.parse_args()
 
 t0 = time.perf_counter()
 cfg = EnhancementConfig(dataset=args.dataset, questions=args.questions, seeds=tuple(args.seeds), n=args.n,
-                        mode=args.mode, methods=tuple(args.methods), model=args.model,
+                        modes=[args.mode], methods=tuple(args.methods), model=args.model,
                         phase1={"weighting": args.weighting, "lr": args.lr},
                         phase2={"lr": args.lr, "min_pair_size": args.min_pair_size})
 lm = LanguageModel.load(args.model, prefix_cache_dir=args.prefix_cache) if any(map(needs_model, args.methods)) else None
