@@ -59,7 +59,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import baselines, metrics, prompts, surveys
+from . import baselines, prompts, surveys
 from .config import GenerationConfig
 from .errors import DsaError, ParameterError
 from .llm_methods import FineTuned
