@@ -37,7 +37,7 @@ ap.add_argument("--n", type=int, default=500)
 ap.add_argument("--modes", nargs="+", default=["full"], choices=list(surveys.TRUTH_MODES),
                 help="ground-truth modes to evaluate (e.g. --modes full heldout)")
 ap.add_argument("--weighted-truth", action="store_true", help="weight the truth with the source's respondent weight")
-ap.add_argument("--methods", nargs="*", default=list(EnhancementConfig.methods))
+ap.add_argument("--methods", nargs="*", default=EnhancementConfig().methods)
 ap.add_argument("--model", default="smollm2-135m")
 ap.add_argument("--weighting", default="count")
 ap.add_argument("--lr", type=float, default=5e-5)
@@ -51,14 +51,13 @@ if args.store and len(args.modes) > 1:
     ap.error("--store names one store; with several --modes give --store-root instead")
 
 t0 = time.perf_counter()
-cfg = EnhancementConfig(dataset=args.dataset, questions=args.questions or None, background=args.background or None,
-                        seeds=tuple(args.seeds), n=args.n, mode=args.modes[0], methods=tuple(args.methods),
-                        model=args.model, data_dir=args.data_dir, source=args.source,
-                        weighted_truth=args.weighted_truth,
-                        phase1={"weighting": args.weighting, "lr": args.lr},
-                        phase2={"lr": args.lr, "min_pair_size": args.min_pair_size})
 try:
-    cfg.check()
+    cfg = EnhancementConfig(dataset=args.dataset, questions=args.questions or None, background=args.background or None,
+                            seeds=tuple(args.seeds), n=args.n, modes=list(args.modes), methods=tuple(args.methods),
+                            model=args.model, data_dir=args.data_dir, source=args.source,
+                            weighted_truth=args.weighted_truth,
+                            phase1={"weighting": args.weighting, "lr": args.lr},
+                            phase2={"lr": args.lr, "min_pair_size": args.min_pair_size})
     # load (and check) the data before a model is loaded: a bad spec or file fails in seconds
     survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
                                  background=cfg.background)
@@ -68,6 +67,6 @@ try:
 except DsaError as exc:
     sys.exit(f"error: {exc}")
 lm = LanguageModel.load(args.model, prefix_cache_dir=args.prefix_cache) if any(map(needs_model, args.methods)) else None
-results = run_enhancement(cfg, args.store, lm=lm, modes=args.modes, store_root=args.store_root)
+results = run_enhancement(cfg, args.store, lm=lm, modes=args.modes, store_root=args.store_root, survey=survey)
 print(summary_table(results, by=["truth_mode"] if len(args.modes) > 1 else ()).round(4).to_string())
 print(f"total {time.perf_counter() - t0:.0f}s")

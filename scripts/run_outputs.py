@@ -19,8 +19,11 @@ For every notebook ``notebooks/<study>.ipynb`` and every parameter file
 - Each successful run's wall time goes to ``outputs/run_times.csv`` (one row
   per study and parameter file, replaced when it runs again); the book's
   reproducibility page shows that table.
-- Parameter files are checked against the notebook's ``parameters`` cell
-  before anything runs: an unknown name is an error.
+- Parameter files are checked by the study's configuration
+  (:mod:`dsalib.config`, the check the notebooks run first) before anything
+  runs: an unknown name, a wrong type or an unknown method is an error.
+- Only this script (``make outputs``) writes the committed ``outputs/``; a
+  notebook run without ``output_dir`` writes under the git-ignored ``runs/``.
 - Notebooks run in the kernel their metadata names (``dsa``, see
   ``dsalib.kernel``), resolved to *this* interpreter by a private kernelspec
   put first on ``JUPYTER_PATH``, whatever user kernels exist; run the script
@@ -94,21 +97,23 @@ def discover(smoke: bool = False, only: list[str] | None = None, names: list[str
 
 
 def load_params(run: Run) -> dict:
-    """The parameter file, checked against the notebook's parameters cell (unknown names are errors)."""
-    import papermill as pm
+    """The parameter file, checked by the study's configuration (dsalib.config) before anything runs.
+
+    The same check the notebook runs first: unknown names, types, ranges, known
+    methods/templates/strategies/truth modes.  ``output_dir`` is the runner's.
+    """
+    from dsalib import config
 
     with open(run.params_file, encoding="utf-8") as fh:
         params = yaml.safe_load(fh) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{run.params_file} must be a mapping of parameter names to values")
-    declared = pm.inspect_notebook(str(run.notebook))
-    if not declared:
-        raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ValueError(f"{run.params_file}: unknown parameter(s) {unknown}; {run.notebook.name} declares {sorted(declared)}")
     if "output_dir" in params:
         raise ValueError(f"{run.params_file}: leave output_dir out; the runner sets it")
+    try:
+        config.from_params(run.study, {**params, "output_dir": _show(run.output_dir)})
+    except config.ParameterError as e:
+        raise ValueError(f"{_show(run.params_file)}: {e}") from None
     return params
 
 
