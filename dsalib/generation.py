@@ -321,15 +321,9 @@ class MultiQuestionFineTuned(FineTuned):
             raise DsaError(f"question '{question}' has {cq.n_options} options; the model was trained on "
                            f"{self.train.n_options}-option questions")
         keys = np.asarray(keys, dtype=np.int64).reshape(-1, len(self.attributes))
-        om, initial = self.lm.option_model(cq.n_options, self.strategy)
-        om.load_state_dict(self._state)
-        try:
-            om.prepare(prompts.build_prompts(self.survey, question, keys, self.attributes, template=self.template,
-                                             labels=self.lm.labels, answer_suffix=self.lm.answer_suffix))
-            out = om.predict().double().cpu().numpy()
-        finally:
-            om.load_state_dict(initial)
-        return out / out.sum(axis=1, keepdims=True)
+        return self._predict_prompts(prompts.build_prompts(self.survey, question, keys, self.attributes,
+                                                           template=self.template, labels=self.lm.labels,
+                                                           answer_suffix=self.lm.answer_suffix))
 
 
 def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) -> MultiQuestionFineTuned:
@@ -493,7 +487,7 @@ def run_generation(cfg: GenerationConfig, lm=None, store_root: str | Path = DEFA
                 fitted[name] = ft
                 rep = ft.report
                 extra = {"phase1_epochs": int(rep["phase1"]["epochs"]),
-                         "phase2_kept": rep.get("phase2_kept"),
+                         "phase2_outcome": (rep.get("phase2") or {}).get("outcome"),
                          "phase2_pairs": (rep.get("phase2") or {}).get("pairs"),
                          "train_prompts": int(ft.train.n_subgroups)}
             fit_seconds = time.perf_counter() - t0
