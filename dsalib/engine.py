@@ -32,7 +32,7 @@ run on it).  It is seeded, and it runs unchanged under ``accelerate launch``
 with several processes (each process takes a share of every batch's items;
 gradients are summed across processes, so results match a single process up
 to rounding; see the loss contract in its docstring).  :func:`predict_rows`
-and :func:`gather_shards` split a prediction pass over the processes.
+splits a prediction pass over the processes (:mod:`dsalib.distributed`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from dsalib.distributed import agreed, gather_shards, process_share
 from dsalib.errors import DsaError
 from dsalib.lm import (
     NonFiniteLogitsError,
@@ -543,67 +544,15 @@ class TrainResult:
         return asdict(self)
 
 
-def process_share() -> tuple[int, int]:
-    """``(rank, world)`` of this process: ``(0, 1)`` in a plain process, else accelerate's state.
-
-    Under ``accelerate launch`` (or torchrun) this initialises the process group
-    the first time it is called.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes
-
-
-def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
-    """All ``n`` rows on every process, when process ``r`` holds rows ``r::world`` as ``local``.
-
-    The inverse of taking ``items[rank::world]``: every process passes its
-    share (same trailing shape and dtype everywhere) and gets the rows back in
-    their original order.  A single process gets ``local`` back.
-    """
-    rank, world = process_share()
-    if world == 1:
-        return local
-    import torch.distributed as dist
-
-    size = -(-n // world)  # ceil: the largest share
-    expected = len(range(rank, n, world))
-    if local.shape[0] != expected:
-        raise EngineError(f"process {rank} of {world} holds {local.shape[0]} rows of {n}; expected {expected}")
-    padded = local.new_zeros((size,) + tuple(local.shape[1:]))
-    padded[:expected] = local
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    out = local.new_zeros((n,) + tuple(local.shape[1:]))
-    for r, part in enumerate(parts):
-        out[r::world] = part[: len(range(r, n, world))]
-    return out
-
-
 def predict_rows(option_model, idx) -> torch.Tensor:
     """:meth:`OptionModel.predict` of prepared prompts ``idx``, each process predicting its share.
 
-    Every process gets all rows (:func:`gather_shards`); in a single process
+    Every process gets all rows (:func:`dsalib.distributed.gather_shards`); in a single process
     this is ``option_model.predict(idx)``.
     """
     rows = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
     rank, world = process_share()
     return gather_shards(option_model.predict(rows[rank::world]), len(rows))
-
-
-def _agree(value: float, device) -> float:
-    """The main process's ``value`` on every process (so all processes take the same decisions)."""
-    rank, world = process_share()
-    if world == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return float(t)
 
 
 def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionModel, list], torch.Tensor], *,
@@ -662,6 +611,11 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
             f"the model is on {dev} but this process's accelerator device is {acc.device}; "
             f"load the model with device=accelerator.device before building the OptionModel"
         )
+    if acc.num_processes != process_share()[1]:
+        raise EngineError(
+            f"the accelerator sees {acc.num_processes} process(es) but {process_share()[1]} were launched; "
+            "create the Accelerator with cpu=True on a machine without CUDA"
+        )
     set_seed(seed)
     params = option_model.parameters_to_train()
     if not params:
@@ -675,7 +629,7 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     def evaluate(epoch: int) -> bool:
         """Score after ``epoch``; True when training should stop."""
         nonlocal best, best_state, bad_epochs
-        score = _agree(float(eval_fn(option_model)), acc.device)
+        score = agreed(float(eval_fn(option_model)))
         result.eval_history.append(score)
         if result.best_epoch is None or score < best - min_improvement:
             best, best_state, bad_epochs, result.best_epoch = score, option_model.state_dict(), 0, epoch

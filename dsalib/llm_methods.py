@@ -395,9 +395,9 @@ class FineTuned(_PromptedMethod):
 
         Under ``accelerate launch`` each process prepares (frozen-prefix pass)
         and predicts only its share of the prompts, and every process gets
-        all rows (:func:`dsalib.engine.gather_shards`).
+        all rows (:func:`dsalib.distributed.gather_shards`).
         """
-        from .engine import gather_shards, process_share
+        from .distributed import gather_shards, process_share
 
         om, initial = self.lm.option_model(self.train.n_options, self.strategy)
         om.load_state_dict(self._state)

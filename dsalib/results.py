@@ -25,7 +25,8 @@ temporary files are ignored (and can be deleted with
 
 Under ``accelerate launch`` (several processes) only the main process writes
 (:func:`is_writer`), and :meth:`ResultStore.has` gives every process the main
-process's answer (:func:`agreed`), so all processes agree on what is pending.
+process's answer (:func:`dsalib.distributed.agreed`), so all processes agree
+on what is pending.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .distributed import agreed, is_main_process
 from .errors import DsaError, ParameterError
 
 #: Packages whose versions every run records.
@@ -74,31 +76,12 @@ def _file_mode() -> int:
 
 def is_writer() -> bool:
     """Whether this process writes result files: always in a plain process; under ``accelerate launch``
-    (several processes, ``WORLD_SIZE`` > 1) only the main process.
+    only the main process (:func:`dsalib.distributed.is_main_process`).
 
     Every writer in this module (:func:`atomic_write_bytes` and all that use
     it, :class:`ResultStore`) does nothing on the other processes.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return True
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def agreed(value):
-    """``value`` as the main process has it, on every process (a no-op in a plain process).
-
-    Under ``accelerate launch`` this is a collective call: every process must
-    make it, in the same order.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return value
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    PartialState()  # joins the process group
-    return broadcast_object_list([value], from_process=0)[0]
+    return is_main_process()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -361,8 +344,8 @@ class ResultStore:
         """Whether ``key`` has finished (its record file exists).
 
         Under ``accelerate launch`` the main process's answer holds on every
-        process (:func:`agreed`; call it on all of them), so all processes
-        agree on what is pending and run the same fits together.
+        process (:func:`dsalib.distributed.agreed`; call it on all of them), so
+        all processes agree on what is pending and run the same fits together.
         """
         return agreed(self.record_path(key).exists())
 

@@ -1,6 +1,8 @@
-"""Phase 1 (TKFT) and Phase 2 (DSA) training loops.
+"""Phase 1 (TKFT) and Phase 2 (DSA): their losses, batches and configurations.
 
-Both phases train an :class:`dsalib.engine.OptionModel` (by default only the
+Both phases run on the library's one training loop,
+:func:`dsalib.engine.train_loop` (AdamW, seeded, data-parallel under
+``accelerate launch``), and train an :class:`dsalib.engine.OptionModel` (by default only the
 last transformer block and the option rows of the output layer, from the
 cached frozen prefix) so that the option distribution of a subgroup's prompt
 moves toward a target.
@@ -27,7 +29,10 @@ Epoch selection
     after ``patience`` epochs without improvement).  The model is then
     retrained from its initial weights on the whole training sample for that
     many epochs (done by :class:`dsalib.llm_methods.FineTuned`).  The
-    evaluation truth is never used.
+    evaluation truth is never used.  The validation cross-entropy is measured
+    before the first epoch too, and a lower value must beat the best by more
+    than 1e-6 to count, so the chosen epoch count may be 0 (the initial
+    weights win).
 
 Phase 2 (paper section 2.3; DSA)
     After Phase 1, one quantile-mapping operator per single-attribute change
@@ -39,10 +44,33 @@ Phase 2 (paper section 2.3; DSA)
     the target for the smaller one, and the loss is
     ``KL(P_model(C|b_small) || target)`` (target smoothed by
     ``target_smoothing`` so the KL is finite).  Gradients flow only through the
-    smaller subgroup's prediction.  :class:`dsalib.llm_methods.FineTuned`
-    keeps Phase 2 only if it does not raise the validation cross-entropy on
-    the fit/validation split (``guard=True``); the report says whether it was
-    kept.
+    smaller subgroup's prediction.  A batch's loss is the mean over its pairs.
+    :class:`dsalib.llm_methods.FineTuned` keeps Phase 2 only if it does not
+    raise the validation cross-entropy on the fit/validation split
+    (``guard=True``); its report's ``phase2.outcome`` says ``run``,
+    ``skipped`` (no pair) or ``rejected`` (by the guard).
+
+The loss contract (:func:`dsalib.engine.train_loop`)
+    A loss function returns a *sum over its items*; each item carries its
+    weight already divided by the whole batch's normaliser
+    (:func:`weighted_batches`: the batch's count sum for
+    ``weighting="count"``, its size for ``"uniform"`` and for Phase 2's mean
+    over pairs).  So the loss of a batch equals the sum of the losses of its
+    process shares, and one process and N processes take the same step.
+
+What changed when the loops moved onto ``train_loop`` (numbers move slightly)
+    The two AdamW loops that lived here (Phase 1's ``_run_epochs`` and the
+    Phase 2 loop) are gone.  The batches, their order (one permutation per
+    epoch from ``default_rng(seed)``, drawn in epoch order), the optimiser
+    settings, the selection rule and the patience rule are unchanged.  What
+    differs is floating-point order only: a batch's loss is
+    ``Σ (w_i / Σ w) KL_i`` instead of ``Σ w_i KL_i / Σ w``, Phase 2's is
+    ``Σ KL_i / B`` instead of ``mean``, and the validation and all-subgroup
+    prediction passes are batched (:meth:`OptionModel.predict`) instead of one
+    forward pass over every prompt.  ``Phase1Report.train_loss`` is now the
+    mean batch loss per epoch (it was the per-subgroup mean), and
+    ``Phase2Report`` has no ``kept`` flag (the caller decides).  The README
+    section "One training loop" gives the measured size of the change.
 """
 
 from __future__ import annotations
@@ -268,6 +296,26 @@ def phase2_loss_fn(prompt_idx: np.ndarray, ref: np.ndarray, small: np.ndarray, a
     return loss_fn
 
 
+def phase2_pairs(model, train: SubgroupTable, prompt_idx: np.ndarray, pairs, op_pairs, cfg: Phase2Config):
+    """Phase 2's oriented training pairs and operators: ``(ref, small, attribute, operators)``.
+
+    ``ref``/``small``: the larger/smaller subgroup (row of ``train``) of each
+    training pair; ``operators``: the quantile-mapping operator of every
+    attribute change, estimated from the model's current predictions of all
+    training subgroups (one batched pass, shared by the processes).
+    """
+    from .engine import predict_rows
+
+    p1 = predict_rows(model, prompt_idx).double().cpu().numpy()
+    levels = quantile.quantile_levels(cfg.n_levels)
+    operators = quantile.estimate_operators(p1, train.keys, op_pairs, levels=levels)
+    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
+    big_is_a = train.n[a] >= train.n[b]
+    ref = np.where(big_is_a, a, b)
+    small = np.where(big_is_a, b, a)
+    return ref, small, pairs["attribute"].to_numpy(), operators
+
+
 def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Phase2Config(),
                val: SubgroupTable | None = None, progress: bool | None = None) -> Phase2Report:
     """Phase 2 (distribution-shift alignment) after Phase 1; see the module docstring.
@@ -276,7 +324,7 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
     after Phase 2 (what the guard of :class:`dsalib.llm_methods.FineTuned`
     compares).  Runs on :func:`dsalib.engine.train_loop`.
     """
-    from .engine import predict_rows, train_loop
+    from .engine import train_loop
 
     cfg.check()
     pairs = hamming1_pairs(train, cfg.min_pair_size)
@@ -290,15 +338,7 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
         )
         return report
     idx_all = np.asarray(prompt_index(train.keys))
-    p1 = predict_rows(model, idx_all).double().cpu().numpy()
-    levels = quantile.quantile_levels(cfg.n_levels)
-    operators = quantile.estimate_operators(p1, train.keys, op_pairs, levels=levels)
-    # orient every training pair: reference = larger subgroup, target = smaller
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    big_is_a = train.n[a] >= train.n[b]
-    ref = np.where(big_is_a, a, b)
-    small = np.where(big_is_a, b, a)
-    attr = pairs["attribute"].to_numpy()
+    ref, small, attr, operators = phase2_pairs(model, train, idx_all, pairs, op_pairs, cfg)
     changes = {(int(k), int(train.keys[r, k]), int(train.keys[s, k])) for r, s, k in zip(ref, small, attr)}
     report.attribute_changes = len(changes)
     val_idx = np.asarray(prompt_index(val.keys)) if val is not None and val.n_subgroups else None
