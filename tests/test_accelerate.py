@@ -71,3 +71,20 @@ def test_two_processes_fit_tkft_and_dsa_once_and_match_one_process(tmp_path):
     assert out["duplicate_fits"] == 0, out
     # both processes took part in the same training runs as the single process ran
     assert out["train_loop_runs"][0] == out["train_loop_runs"][1] == out["single_process_train_loop_runs"] >= 3, out
+
+
+def test_only_the_main_process_writes_results(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from dsalib import results
+
+    key = results.RunKey("enhancement", "ess9", "imbgeco", 0, "TS")
+    monkeypatch.setattr(results, "is_main_process", lambda: False)  # as on process 1 of 2
+    store = results.ResultStore(tmp_path / "store", config={"n": 1})
+    store.save(key, {"jsd_mean": 0.1}, pd.DataFrame({"jsd": [0.1]}))
+    results.write_json(tmp_path / "x.json", {"a": 1})
+    assert not (tmp_path / "store").exists() and not (tmp_path / "x.json").exists()
+    monkeypatch.setattr(results, "is_main_process", lambda: True)
+    store = results.ResultStore(tmp_path / "store", config={"n": 1})
+    store.save(key, {"jsd_mean": 0.1}, pd.DataFrame({"jsd": [0.1]}))
+    assert store.has(key) and len(store) == 1 and (tmp_path / "store" / "store.json").exists()
