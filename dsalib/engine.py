@@ -552,7 +552,10 @@ def predict_rows(option_model, idx) -> torch.Tensor:
     """
     rows = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
     rank, world = process_share()
-    return gather_shards(option_model.predict(rows[rank::world]), len(rows))
+    share = rows[rank::world]
+    local = (option_model.predict(share) if share
+             else torch.zeros((0, option_model.rule.n_options), device=option_model.device))
+    return gather_shards(local, len(rows))
 
 
 def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionModel, list], torch.Tensor], *,

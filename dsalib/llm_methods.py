@@ -397,14 +397,20 @@ class FineTuned(_PromptedMethod):
         and predicts only its share of the prompts, and every process gets
         all rows (:func:`dsalib.distributed.gather_shards`).
         """
+        import torch
+
         from .distributed import gather_shards, process_share
 
         om, initial = self.lm.option_model(self.train.n_options, self.strategy)
         om.load_state_dict(self._state)
         rank, world = process_share()
+        share = prompt_list[rank::world]
         try:
-            om.prepare(prompt_list[rank::world])
-            out = gather_shards(om.predict(), len(prompt_list)).double().cpu().numpy()
+            if share:
+                local = om.prepare(share).predict()
+            else:  # more processes than prompts
+                local = torch.zeros((0, self.train.n_options), device=om.device)
+            out = gather_shards(local, len(prompt_list)).double().cpu().numpy()
         finally:
             om.load_state_dict(initial)
         return out / out.sum(axis=1, keepdims=True)
