@@ -69,8 +69,10 @@ What changed when the loops moved onto ``train_loop`` (numbers move slightly)
     prediction passes are batched (:meth:`OptionModel.predict`) instead of one
     forward pass over every prompt.  ``Phase1Report.train_loss`` is now the
     mean batch loss per epoch (it was the per-subgroup mean), and
-    ``Phase2Report`` has no ``kept`` flag (the caller decides).  The README
-    section "One training loop" gives the measured size of the change.
+    ``Phase2Report`` has no ``kept`` flag (the caller decides).  On ESS9
+    (SmolLM2-135M, n = 500) predictions moved by at most 9.4e-6 and the mean
+    JSD by at most 3.7e-7, with the same chosen epochs and Phase 2 outcomes
+    (README, "One training loop: how much the numbers moved").
 """
 
 from __future__ import annotations
