@@ -20,7 +20,9 @@ and returns what it measured:
 Writes are detected from the files (a record whose modification time a
 process's ``save`` call changed), not from the code under test.  The same file
 is the worker that each launched process runs (``--worker STORE OUT``).
-Takes about 30-60 s on 2 busy cores.
+Measured cost: about 55 s of CPU time over the three processes (most of it
+importing torch and transformers); 119-190 s of wall time on 2 cores shared
+with other jobs (load average 11).
 """
 
 from __future__ import annotations
