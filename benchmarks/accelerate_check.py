@@ -73,8 +73,9 @@ def fit(store_dir: Path, log_dir: Path) -> dict:
     engine.train_loop = counted_loop  # dsalib.train imports it from the engine at call time
     results.ResultStore.save = watched_save
     try:
-        cfg = EnhancementConfig(dataset="ess9", source="embedded", questions=[QUESTION], n=N, seeds=(SEED,),
-                                methods=METHODS, model="tiny", phase1=dict(PHASE1), phase2=dict(PHASE2))
+        cfg = EnhancementConfig(dataset="ess9", source="embedded", questions=[QUESTION], n=N, seeds=[SEED],
+                                modes=["full"], methods=list(METHODS), model="tiny", phase1=dict(PHASE1),
+                                phase2=dict(PHASE2))
         run_enhancement(cfg, store_dir, lm=LanguageModel.load("tiny"), progress=None)
     finally:
         engine.train_loop, results.ResultStore.save = real_loop, real_save
