@@ -96,10 +96,16 @@ class Phase2Config:
     n_levels: int = quantile.DEFAULT_N_LEVELS
     guard: bool = True
     seed: int = 0
+    operator: str = "quantile"  # "quantile" (the paper) or "ratio" (Theorem 1's transfer); see dsalib.quantile
+    operator_weights: str = "uniform"  # pooling of pairs into an operator: "uniform" or "harmonic"
 
     def check(self) -> None:
         if self.epochs < 0 or self.min_pair_size < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DsaError("Phase 2 needs epochs ≥ 0, min_pair_size ≥ 1, batch_size ≥ 1 and lr > 0")
+        if self.operator not in quantile.OPERATORS:
+            raise DsaError(f"Phase 2 operator must be one of {quantile.OPERATORS}, got {self.operator!r}")
+        if self.operator_weights not in ("uniform", "harmonic"):
+            raise DsaError(f"Phase 2 operator_weights must be 'uniform' or 'harmonic', got {self.operator_weights!r}")
 
 
 def _smooth(p: torch.Tensor, eps: float) -> torch.Tensor:
@@ -236,16 +242,10 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
     idx_all = prompt_index(train.keys)
     with torch.no_grad():
         p1 = model.probs(torch.as_tensor(idx_all), grad=False).double().cpu().numpy()
-    levels = quantile.quantile_levels(cfg.n_levels)
-    operators = quantile.estimate_operators(p1, train.keys, op_pairs, levels=levels)
-    # orient every training pair: reference = larger subgroup, target = smaller
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    big_is_a = train.n[a] >= train.n[b]
-    ref = np.where(big_is_a, a, b)
-    small = np.where(big_is_a, b, a)
-    attr = pairs["attribute"].to_numpy()
-    changes = {(int(k), int(train.keys[r, k]), int(train.keys[s, k])) for r, s, k in zip(ref, small, attr)}
-    report.attribute_changes = len(changes)
+    plan = quantile.shift_plan(p1, train.keys, train.n, pairs, op_pairs, levels=quantile.quantile_levels(cfg.n_levels),
+                               operator_weights=cfg.operator_weights, operator=cfg.operator)
+    ref, small = plan.ref, plan.small
+    report.attribute_changes = len(plan.changes)
     val_idx = prompt_index(val.keys) if val is not None and val.n_subgroups else None
     if val_idx is not None:
         report.val_ce_before = validation_ce(model, val_idx, val.counts)
@@ -257,10 +257,7 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
             bsel = order[start:start + cfg.batch_size]
             with torch.no_grad():
                 p_ref = model.probs(torch.as_tensor(idx_all[ref[bsel]]), grad=False).double().cpu().numpy()
-            targets = np.stack([
-                operators[(int(k), int(train.keys[r, k]), int(train.keys[s, k]))].apply(p)
-                for p, r, s, k in zip(p_ref, ref[bsel], small[bsel], attr[bsel])
-            ])
+            targets = plan.targets(p_ref, bsel)
             p_small = model.probs(torch.as_tensor(idx_all[small[bsel]]), grad=True)
             tgt = _smooth(torch.as_tensor(targets, dtype=p_small.dtype, device=p_small.device), cfg.target_smoothing)
             loss = kl_rows(p_small, tgt).mean()
