@@ -319,3 +319,110 @@ def run_case(case: Case, levels, n_options: int, effect_scale: float, imbalance:
         out.insert(0, k, v)
     return out, {**{"per_subgroup": case.per_subgroup, "interaction": case.interaction,
                     "table_seed": case.table_seed, "sample_seed": case.sample_seed}, **diag}
+
+
+# --------------------------------------------------------------------------
+# Studies over a grid (the phase2_check notebook)
+# --------------------------------------------------------------------------
+
+
+def target_study(per_subgroup, interactions, n_tables: int, levels, n_options: int, effect_scale: float,
+                 imbalance: float, operators=("quantile", "ratio"), phase2: dict | None = None, seed: int = 0,
+                 operator_weights: str = "uniform") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Phase 2's targets without a language model: TS, MNL and ``ideal-P2(TS)`` for each operator kind.
+
+    Returns (errors, diagnostics), one row per (cell, table, operator, method) / (cell, table, operator).
+    """
+    rows, diags = [], []
+    for per in per_subgroup:
+        for inter in interactions:
+            for t in range(n_tables):
+                for op in operators:
+                    r, d = run_case(Case(per, inter, seed * 10_000 + t), levels, n_options, effect_scale, imbalance,
+                                    phase2=phase2, methods=("TS", "MNL", "ideal-P2(TS)"),
+                                    operator_weights=operator_weights, operator=op)
+                    rows.append(r.assign(operator=op))
+                    diags.append({**d, "operator": op})
+    return pd.concat(rows, ignore_index=True), pd.DataFrame(diags)
+
+
+def llm_study(lm, per_subgroup, interactions, n_tables: int, levels, n_options: int, effect_scale: float,
+              imbalance: float, variants: dict, phase1: dict | None = None, seed: int = 0,
+              progress=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """TS, MNL, TKFT and one DSA per variant (``{name: phase2 fields}``) on each cell of the grid.
+
+    Every variant shares TKFT's Phase 1 (memoised by the language model), so a
+    variant costs only its Phase 2.  ``ideal-P2(TKFT)`` is computed with each
+    variant's operator.  Returns (errors, diagnostics) with a ``variant`` column;
+    TS, MNL and TKFT rows appear once per cell (variant ``-``).
+    """
+    rows, diags = [], []
+    for per in per_subgroup:
+        for inter in interactions:
+            for t in range(n_tables):
+                case = Case(per, inter, seed * 10_000 + t)
+                for i, (name, p2) in enumerate(variants.items()):
+                    p2 = dict(p2)
+                    op = p2.get("operator", "quantile")
+                    r, d = run_case(case, levels, n_options, effect_scale, imbalance, lm=lm, phase1=phase1,
+                                    phase2=p2, methods=("TS", "MNL", "TKFT", "DSA", "ideal-P2(TKFT)"),
+                                    operator_weights=p2.get("operator_weights", "uniform"), operator=op)
+                    r["variant"] = np.where(r.method.isin(["DSA", "ideal-P2(TKFT)"]), name, "-")
+                    r["method"] = np.where(r.method == "DSA", name,
+                                           np.where(r.method == "ideal-P2(TKFT)", f"ideal-P2(TKFT) {name}", r.method))
+                    rows.append(r if i == 0 else r[r.variant != "-"])
+                    diags.append({**d, "variant": name})
+                    if progress:
+                        got = r.set_index("method").jsd_mean
+                        progress(f"per_subgroup={per} interaction={inter} table={t} {name}: "
+                                 f"TKFT {got['TKFT']:.4f} {name} {got[name]:.4f} TS {got['TS']:.4f}")
+    return pd.concat(rows, ignore_index=True), pd.DataFrame(diags)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _pos_list(name, v, kind=float, minimum=0.0, strict=True):
+    if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or not v:
+        raise ParameterError(f"parameter '{name}' must be a non-empty list, got {v!r}")
+    out = []
+    for x in v:
+        ok = _is_int(x) if kind is int else isinstance(x, Real) and not isinstance(x, bool) and np.isfinite(float(x))
+        if not ok or x < minimum or (strict and x == minimum):
+            rel = ">" if strict else "≥"
+            raise ParameterError(f"parameter '{name}' must list {kind.__name__}s {rel} {minimum}, got {x!r}")
+        out.append(kind(x))
+    return out
+
+
+def check_params(p: dict) -> dict:
+    """Validate the phase2_check notebook's values (names are checked by ``notebook_params``)."""
+    from .train import Phase1Config, Phase2Config
+
+    out = dict(p)
+    out["per_subgroup"] = _pos_list("per_subgroup", p["per_subgroup"])
+    out["llm_per_subgroup"] = _pos_list("llm_per_subgroup", p["llm_per_subgroup"]) if p["llm_per_subgroup"] else []
+    out["interactions"] = _pos_list("interactions", p["interactions"], strict=False)
+    out["llm_interactions"] = _pos_list("llm_interactions", p["llm_interactions"], strict=False)
+    out["levels"] = list(theorem._check_levels_arg(p["levels"]))
+    _spec(tuple(out["levels"]), p["n_options"] if _is_int(p["n_options"]) else -1)
+    for name in ("n_tables", "llm_tables"):
+        if not _is_int(p[name]) or p[name] < 1:
+            raise ParameterError(f"parameter '{name}' must be an integer ≥ 1, got {p[name]!r}")
+    for name, strict in (("effect_scale", True), ("imbalance", False)):
+        v = p[name]
+        if not isinstance(v, Real) or isinstance(v, bool) or not np.isfinite(v) or v < 0 or (strict and v == 0):
+            raise ParameterError(f"parameter '{name}' must be a finite number {'>' if strict else '≥'} 0, got {v!r}")
+    if not isinstance(p["variants"], dict) or not p["variants"]:
+        raise ParameterError("parameter 'variants' must map DSA variant names to Phase 2 settings")
+    for name, fields in {"phase1": p["phase1"], **{f"variants.{k}": v for k, v in p["variants"].items()}}.items():
+        cls = Phase1Config if name == "phase1" else Phase2Config
+        try:
+            cls(**dict(fields)).check()
+        except (TypeError, DsaError) as e:
+            raise ParameterError(f"parameter '{name}': {e}") from None
+    ops = p["operators"]
+    if not isinstance(ops, (list, tuple)) or not ops or any(o not in quantile.OPERATORS for o in ops):
+        raise ParameterError(f"parameter 'operators' must list kinds among {quantile.OPERATORS}, got {ops!r}")
+    return out

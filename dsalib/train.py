@@ -98,12 +98,15 @@ class Phase2Config:
     seed: int = 0
     operator: str = "quantile"  # "quantile" (the paper) or "ratio" (Theorem 1's transfer); see dsalib.quantile
     operator_weights: str = "uniform"  # pooling of pairs into an operator: "uniform" or "harmonic"
+    reference: str = "current"  # reference prediction mapped to the target: "current" model or fixed "phase1"
 
     def check(self) -> None:
         if self.epochs < 0 or self.min_pair_size < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DsaError("Phase 2 needs epochs ≥ 0, min_pair_size ≥ 1, batch_size ≥ 1 and lr > 0")
         if self.operator not in quantile.OPERATORS:
             raise DsaError(f"Phase 2 operator must be one of {quantile.OPERATORS}, got {self.operator!r}")
+        if self.reference not in ("current", "phase1"):
+            raise DsaError(f"Phase 2 reference must be 'current' or 'phase1', got {self.reference!r}")
         if self.operator_weights not in ("uniform", "harmonic"):
             raise DsaError(f"Phase 2 operator_weights must be 'uniform' or 'harmonic', got {self.operator_weights!r}")
 
@@ -255,8 +258,11 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
         order = rng.permutation(len(ref))
         for start in range(0, len(order), cfg.batch_size):
             bsel = order[start:start + cfg.batch_size]
-            with torch.no_grad():
-                p_ref = model.probs(torch.as_tensor(idx_all[ref[bsel]]), grad=False).double().cpu().numpy()
+            if cfg.reference == "phase1":
+                p_ref = p1[ref[bsel]]
+            else:
+                with torch.no_grad():
+                    p_ref = model.probs(torch.as_tensor(idx_all[ref[bsel]]), grad=False).double().cpu().numpy()
             targets = plan.targets(p_ref, bsel)
             p_small = model.probs(torch.as_tensor(idx_all[small[bsel]]), grad=True)
             tgt = _smooth(torch.as_tensor(targets, dtype=p_small.dtype, device=p_small.device), cfg.target_smoothing)
