@@ -141,7 +141,7 @@ for _, r in diag1_summary.iterrows():
 # mean prediction (the truth's value is what a model that resolves the subgroups
 # would show); `moved_to_target`: the share of the KL from prediction to target
 # (summed over training pairs) that DSA's Phase 2 closed relative to TKFT
-# (negative: it moved away).
+# (negative: it moved away; `target_kl_*`: that KL, summed over pairs, for TKFT and DSA).
 
 # %%
 if params["llm_per_subgroup"]:
@@ -155,7 +155,8 @@ if params["llm_per_subgroup"]:
     prov2 = {**prov, "model": params["model"]}
     summary2 = errors2.groupby(["per_subgroup", "interaction", "method"]).jsd_mean.mean().unstack("method")
     dcols = ["variant", "resolution_truth", "resolution_TKFT", "resolution_DSA", "pairs", "dsa_steps",
-             "phase1_epochs", "target_jsd_TKFT", "phase1_jsd_TKFT", "moved_to_target"]
+             "phase1_epochs", "target_jsd_TKFT", "phase1_jsd_TKFT", "target_kl_tkft", "target_kl_dsa",
+             "moved_to_target"]
     diag2_table = diag2[["per_subgroup", "interaction", "table_seed"] + [c for c in dcols if c in diag2]]
     results.write_table(errors2, out_dir / "llm_runs.csv", prov2)
     results.write_table(summary2.reset_index(), out_dir / "llm.csv", prov2)
