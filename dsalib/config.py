@@ -231,6 +231,12 @@ def _check_value(where: _Where, tp, v, meta):
         raise where.error("must not be None" + ("; give a list" if typing.get_origin(tp) is list else ""))
     if tp in (Phase1Config, Phase2Config):
         return _phase(where, tp, v)
+    if tp is dict or typing.get_origin(tp) is dict:  # a free-form mapping; its class's check() looks inside
+        if isinstance(v, str):
+            raise _text_for(where, "a mapping", v)
+        if not isinstance(v, Mapping):
+            raise where.error(f"must be a mapping, got {v!r}")
+        return {k: _copy(x) for k, x in v.items()}
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp)
         if isinstance(v, str):
@@ -579,10 +585,43 @@ class TheoremConfig(StudyConfig):
         self.interaction_grid = sorted(self.interaction_grid)
 
 
+@dataclass
+class Phase2CheckConfig(StudyConfig):
+    """The known-truth check of Phase 2 (``notebooks/phase2_check.ipynb``): synthetic factorised surveys."""
+
+    study: typing.ClassVar[str] = "phase2_check"
+    seed: int = _param(0, doc="base seed of the tables and samples", min=0)
+    levels: list[int] = _param([2, 3, 4], doc="levels of each background attribute", min=2, nonempty=True)
+    n_options: int = _param(5, doc="options of the core question (2-5)", min=2, max=5)
+    effect_scale: float = _param(1.0, doc="s.d. of the ordinal main effects", min=0.0)
+    imbalance: float = _param(1.0, doc="how unequal the level shares are (0: equal subgroup sizes)", min=0.0)
+    per_subgroup: list[int] = _param([5, 20, 50, 150], doc="mean training respondents per subgroup (part 1)", min=1,
+                                     nonempty=True, distinct=True)
+    interactions: list[float] = _param([0.0, 0.5], doc="strength of the non-factorised term (part 1)", min=0.0,
+                                       nonempty=True, distinct=True)
+    n_tables: int = _param(10, doc="random tables per cell (part 1)", min=1)
+    operators: list[str] = _param(["quantile", "ratio"], doc="Phase 2 operator kinds compared in part 1",
+                                  nonempty=True, distinct=True)
+    model: str = _param("smollm2-135m", doc="the embedded language model (part 2)")
+    llm_per_subgroup: list[int] = _param([20, 150], doc="part 2 grid (empty: skip part 2)", min=1, distinct=True)
+    llm_interactions: list[float] = _param([0.0], doc="interaction strengths of part 2", min=0.0, distinct=True)
+    llm_tables: int = _param(1, doc="random tables per cell (part 2)", min=1)
+    phase1: Phase1Config = _param(Phase1Config, doc="Phase1Config fields (default: epochs chosen on validation data)")
+    variants: dict = _param({"DSA": {"guard": False},
+                             "DSA-ratio": {"guard": False, "operator": "ratio", "reference": "phase1"}},
+                            doc="DSA variants: name -> Phase2Config fields")
+    output_dir: str | None = _param(None, doc="where the tables go; None means runs/phase2_check/default/")
+
+    def check(self) -> None:
+        from .known_truth import check_params
+
+        check_params(self.to_params())
+
+
 #: Every study's configuration class, by notebook name.
 STUDIES: dict[str, type[StudyConfig]] = {c.study: c for c in (
     EnhancementConfig, GenerationConfig, DataEfficiencyConfig, UnseenBackgroundsConfig, RobustnessConfig,
-    AblationsConfig, TheoremConfig)}
+    AblationsConfig, TheoremConfig, Phase2CheckConfig)}
 
 
 def config_class(study: str) -> type[StudyConfig]:

@@ -259,6 +259,52 @@ class QuantileOperator:
         return float(self.shift.mean())
 
 
+@dataclass
+class RatioOperator:
+    """The ratio (log-odds) operator of Theorem 1: ``T(p) = Normalize(p · exp(r))``.
+
+    ``log_ratio[c]`` is the (optionally weighted) mean of
+    ``log p_to(c) - log p_from(c)`` over the pairs it was estimated from.  When
+    ``P(C | b) ∝ Π_k φ_k(C, b_k)`` (the paper's Theorem 1), the log ratio of a
+    single-attribute change is the same for every setting of the other
+    attributes up to a constant, so this operator transfers the change
+    exactly; a quantile shift does not (``notebooks/theorem.py``).
+    Predictions are clipped at ``1e-12`` before the log.
+    """
+
+    log_ratio: np.ndarray
+    attribute: Hashable | None = None
+    level_from: int | None = None
+    level_to: int | None = None
+    n_pairs: int = 0
+
+    def __post_init__(self) -> None:
+        self.log_ratio = np.asarray(self.log_ratio, dtype=float)
+        if self.log_ratio.ndim != 1 or not np.isfinite(self.log_ratio).all():
+            raise DsaError("log_ratio must be a finite 1-D array (one entry per option)")
+
+    def inverse(self) -> "RatioOperator":
+        return RatioOperator(-self.log_ratio, self.attribute, self.level_to, self.level_from, self.n_pairs)
+
+    def apply(self, p) -> np.ndarray:
+        one = np.ndim(p) == 1
+        q = _check_dist(p)
+        if q.shape[1] != self.log_ratio.size:
+            raise DsaError(f"the operator has {self.log_ratio.size} options, p has {q.shape[1]}")
+        z = np.log(np.clip(q, RATIO_FLOOR, None)) + self.log_ratio
+        z = np.exp(z - z.max(axis=1, keepdims=True)) * (q > 0)
+        out = z / z.sum(axis=1, keepdims=True)
+        return out[0] if one else out
+
+    __call__ = apply
+
+
+#: Kinds of operator :func:`estimate_operators` builds.
+OPERATORS = ("quantile", "ratio")
+#: Probabilities are clipped here before a log ratio is taken.
+RATIO_FLOOR = 1e-12
+
+
 def _check_weights(weights, n: int) -> np.ndarray:
     if weights is None:
         return np.ones(n)
@@ -268,8 +314,11 @@ def _check_weights(weights, n: int) -> np.ndarray:
     return w
 
 
-def estimate_operators(pred, keys, pairs: pd.DataFrame, levels=None, weights=None) -> dict:
+def estimate_operators(pred, keys, pairs: pd.DataFrame, levels=None, weights=None, kind: str = "quantile") -> dict:
     """One operator per single-attribute change, pooled over all pairs that make it.
+
+    ``kind``: ``"quantile"`` (:class:`QuantileOperator`, the paper's quantile
+    mapping) or ``"ratio"`` (:class:`RatioOperator`, Theorem 1's transfer).
 
     ``pred``: (G, K) predicted distributions; ``keys``: (G, m) level indices of
     the same rows; ``pairs``: a frame like :func:`dsalib.surveys.hamming1_pairs`
@@ -281,6 +330,8 @@ def estimate_operators(pred, keys, pairs: pd.DataFrame, levels=None, weights=Non
     Returns ``{(attribute, u, v): QuantileOperator}`` for both directions
     ``u → v`` and ``v → u`` of every change present in ``pairs``.
     """
+    if kind not in OPERATORS:
+        raise DsaError(f"operator kind must be one of {OPERATORS}, got {kind!r}")
     tau = _check_levels(levels)
     pred = _check_dist(pred, "pred")
     keys = np.asarray(keys)
@@ -313,7 +364,11 @@ def estimate_operators(pred, keys, pairs: pd.DataFrame, levels=None, weights=Non
         raise DsaError(f"pair {bad} (rows {a[bad]}, {b[bad]}) does not differ in exactly attribute {attr[bad]}")
     if (keys[a, attr] != la).any() or (keys[b, attr] != lb).any():
         raise DsaError("pairs' level_a/level_b do not match the keys of rows a/b")
-    d = _quantiles(pred[b], tau) - _quantiles(pred[a], tau)  # a → b
+    if kind == "quantile":
+        d = _quantiles(pred[b], tau) - _quantiles(pred[a], tau)  # a → b
+    else:
+        logp = np.log(np.clip(pred, RATIO_FLOOR, None))
+        d = logp[b] - logp[a]
     out: dict = {}
     groups = pd.DataFrame({"attr": attr, "u": la, "v": lb}).groupby(["attr", "u", "v"]).indices
     sums: dict = {}
@@ -321,12 +376,83 @@ def estimate_operators(pred, keys, pairs: pd.DataFrame, levels=None, weights=Non
         # orient every pair as the lower level → the higher level, then pool
         sign = 1.0 if u < v else -1.0
         key = (int(j), int(min(u, v)), int(max(u, v)))
-        s, ws, n = sums.get(key, (np.zeros(tau.size), 0.0, 0))
+        s, ws, n = sums.get(key, (np.zeros(d.shape[1]), 0.0, 0))
         sums[key] = (s + sign * (w[idx, None] * d[idx]).sum(axis=0), ws + w[idx].sum(), n + len(idx))
     for (j, u, v), (s, ws, n) in sums.items():
         if ws <= 0:
             continue
-        op = QuantileOperator(s / ws, tau, j, u, v, n)
+        op = QuantileOperator(s / ws, tau, j, u, v, n) if kind == "quantile" else RatioOperator(s / ws, j, u, v, n)
         out[(j, u, v)] = op
         out[(j, v, u)] = op.inverse()
     return out
+
+
+@dataclass
+class ShiftPlan:
+    """Phase 2's training pairs and their operators (paper section 2.3).
+
+    ``ref[i]``, ``small[i]``: rows of the training table for pair ``i``; the
+    reference is the larger subgroup (the first of the pair on a tie), the
+    target row the smaller.  ``attr[i]``: the attribute that differs.
+    ``operators``: :func:`estimate_operators` output, keyed ``(attr, u, v)``.
+    """
+
+    ref: np.ndarray
+    small: np.ndarray
+    attr: np.ndarray
+    keys: np.ndarray
+    operators: dict
+
+    def __len__(self) -> int:
+        return len(self.ref)
+
+    def change(self, i: int) -> tuple[int, int, int]:
+        """``(attribute, reference level, target level)`` of pair ``i``."""
+        k = int(self.attr[i])
+        return k, int(self.keys[self.ref[i], k]), int(self.keys[self.small[i], k])
+
+    @property
+    def changes(self) -> set:
+        """The distinct attribute changes the pairs make."""
+        return {self.change(i) for i in range(len(self))}
+
+    def targets(self, p_ref, pairs=None) -> np.ndarray:
+        """``T_{k: u→v}(p_ref[j])`` for pairs ``pairs`` (default all; ``p_ref`` aligned with them)."""
+        pairs = np.arange(len(self)) if pairs is None else np.asarray(pairs, dtype=np.int64)
+        p_ref = _check_dist(p_ref, "p_ref")
+        if len(p_ref) != len(pairs):
+            raise DsaError(f"p_ref has {len(p_ref)} rows for {len(pairs)} pairs")
+        out = np.empty_like(p_ref)
+        for j, i in enumerate(pairs):
+            out[j] = self.operators[self.change(int(i))].apply(p_ref[j])
+        return out
+
+
+def shift_plan(pred, keys, n, pairs: pd.DataFrame, operator_pairs: pd.DataFrame, levels=None,
+               operator_weights: str = "uniform", operator: str = "quantile") -> ShiftPlan:
+    """Orient Phase 2's training ``pairs`` (larger subgroup = reference) and estimate the operators.
+
+    ``pred``: (G, K) Phase 1 predictions of the table's rows; ``keys``, ``n``:
+    the table's keys and respondent counts; ``pairs`` / ``operator_pairs``:
+    :func:`dsalib.surveys.hamming1_pairs` frames (training pairs, and the pairs
+    the operators are pooled over).  ``operator_weights``: ``"uniform"`` (every
+    pair counts once; the paper's plain pooling) or ``"harmonic"`` (a pair
+    counts ``n_a n_b / (n_a + n_b)``, the inverse of the sampling variance of
+    a difference of two subgroup estimates, so pairs of tiny subgroups do not
+    dominate the pooled shift).  ``operator``: the kind of operator
+    (:data:`OPERATORS`; see :func:`estimate_operators`).
+    """
+    n = np.asarray(n)
+    if operator_weights == "uniform" or len(operator_pairs) == 0:
+        w = None
+    elif operator_weights == "harmonic":
+        na = n[operator_pairs["a"].to_numpy(dtype=np.int64)].astype(float)
+        nb = n[operator_pairs["b"].to_numpy(dtype=np.int64)].astype(float)
+        w = na * nb / np.maximum(na + nb, 1e-12)
+    else:
+        raise DsaError(f"operator_weights must be 'uniform' or 'harmonic', got {operator_weights!r}")
+    operators = estimate_operators(pred, keys, operator_pairs, levels=levels, weights=w, kind=operator)
+    a, b = pairs["a"].to_numpy(dtype=np.int64), pairs["b"].to_numpy(dtype=np.int64)
+    big_is_a = n[a] >= n[b]
+    return ShiftPlan(ref=np.where(big_is_a, a, b), small=np.where(big_is_a, b, a),
+                     attr=pairs["attribute"].to_numpy(dtype=np.int64), keys=np.asarray(keys), operators=operators)

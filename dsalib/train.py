@@ -124,10 +124,19 @@ class Phase2Config:
     n_levels: int = quantile.DEFAULT_N_LEVELS
     guard: bool = True
     seed: int = 0
+    operator: str = "quantile"  # "quantile" (the paper) or "ratio" (Theorem 1's transfer); see dsalib.quantile
+    operator_weights: str = "uniform"  # pooling of pairs into an operator: "uniform" or "harmonic"
+    reference: str = "current"  # reference prediction mapped to the target: "current" model or fixed "phase1"
 
     def check(self) -> None:
         if self.epochs < 0 or self.min_pair_size < 1 or self.batch_size < 1 or self.lr <= 0:
             raise DsaError("Phase 2 needs epochs ≥ 0, min_pair_size ≥ 1, batch_size ≥ 1 and lr > 0")
+        if self.operator not in quantile.OPERATORS:
+            raise DsaError(f"Phase 2 operator must be one of {quantile.OPERATORS}, got {self.operator!r}")
+        if self.reference not in ("current", "phase1"):
+            raise DsaError(f"Phase 2 reference must be 'current' or 'phase1', got {self.reference!r}")
+        if self.operator_weights not in ("uniform", "harmonic"):
+            raise DsaError(f"Phase 2 operator_weights must be 'uniform' or 'harmonic', got {self.operator_weights!r}")
 
 
 def _smooth(p: torch.Tensor, eps: float) -> torch.Tensor:
@@ -274,48 +283,42 @@ class Phase2Report:
     config: dict = field(default_factory=dict)
 
 
-def phase2_loss_fn(prompt_idx: np.ndarray, ref: np.ndarray, small: np.ndarray, attr: np.ndarray,
-                   keys: np.ndarray, operators: dict, cfg: Phase2Config):
+def phase2_loss_fn(prompt_idx: np.ndarray, plan: "quantile.ShiftPlan", p1: np.ndarray, cfg: Phase2Config):
     """``loss_fn(model, items)`` for ``train_loop``: Phase 2's KL of the items' pairs (weights ``1/len(batch)``).
 
-    Item ``(i, w)`` is pair ``i``: the reference subgroup ``ref[i]``'s current
-    prediction (detached) mapped through the operator of the pair's attribute
-    change is the target for ``small[i]``; the loss is ``Σ w · KL(P(small) ||
-    target)`` over the items, so a batch's loss is the mean over its pairs.
+    Item ``(i, w)`` is pair ``i`` of ``plan``: the reference subgroup
+    ``plan.ref[i]``'s prediction (detached: the current model's, or Phase 1's
+    ``p1`` with ``cfg.reference="phase1"``) mapped through the operator of the
+    pair's attribute change is the target for ``plan.small[i]``; the loss is
+    ``Σ w · KL(P(small) || target)`` over the items, so a batch's loss is the
+    mean over its pairs.
     """
     def loss_fn(model, items):
         pos, w = _split_items(items, model.device)
-        with torch.no_grad():
-            p_ref = model.probs(torch.as_tensor(prompt_idx[ref[pos]]), grad=False).double().cpu().numpy()
-        targets = np.stack([
-            operators[(int(k), int(keys[r, k]), int(keys[s, k]))].apply(p)
-            for p, r, s, k in zip(p_ref, ref[pos], small[pos], attr[pos])
-        ])
-        p_small = model.probs(torch.as_tensor(prompt_idx[small[pos]]), grad=True)
+        if cfg.reference == "phase1":
+            p_ref = p1[plan.ref[pos]]
+        else:
+            with torch.no_grad():
+                p_ref = model.probs(torch.as_tensor(prompt_idx[plan.ref[pos]]), grad=False).double().cpu().numpy()
+        targets = plan.targets(p_ref, pos)
+        p_small = model.probs(torch.as_tensor(prompt_idx[plan.small[pos]]), grad=True)
         tgt = _smooth(torch.as_tensor(targets, dtype=p_small.dtype, device=p_small.device), cfg.target_smoothing)
         return (kl_rows(p_small, tgt) * w.to(p_small.dtype)).sum()
 
     return loss_fn
 
 
-def phase2_pairs(model, train: SubgroupTable, prompt_idx: np.ndarray, pairs, op_pairs, cfg: Phase2Config):
-    """Phase 2's oriented training pairs and operators: ``(ref, small, attribute, operators)``.
-
-    ``ref``/``small``: the larger/smaller subgroup (row of ``train``) of each
-    training pair; ``operators``: the quantile-mapping operator of every
-    attribute change, estimated from the model's current predictions of all
-    training subgroups (one batched pass, shared by the processes).
+def phase2_plan(model, train: SubgroupTable, prompt_idx: np.ndarray, pairs, op_pairs, cfg: Phase2Config):
+    """``(p1, plan)``: the model's current predictions of every training subgroup and Phase 2's
+    :class:`dsalib.quantile.ShiftPlan` (oriented pairs, larger subgroup = reference, and the operator of
+    every attribute change estimated from ``p1``; one batched pass, shared by the processes).
     """
     from .engine import predict_rows
 
     p1 = predict_rows(model, prompt_idx).double().cpu().numpy()
-    levels = quantile.quantile_levels(cfg.n_levels)
-    operators = quantile.estimate_operators(p1, train.keys, op_pairs, levels=levels)
-    a, b = pairs["a"].to_numpy(), pairs["b"].to_numpy()
-    big_is_a = train.n[a] >= train.n[b]
-    ref = np.where(big_is_a, a, b)
-    small = np.where(big_is_a, b, a)
-    return ref, small, pairs["attribute"].to_numpy(), operators
+    plan = quantile.shift_plan(p1, train.keys, train.n, pairs, op_pairs, levels=quantile.quantile_levels(cfg.n_levels),
+                               operator_weights=cfg.operator_weights, operator=cfg.operator)
+    return p1, plan
 
 
 def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Phase2Config(),
@@ -340,15 +343,14 @@ def run_phase2(model, train: SubgroupTable, prompt_index, cfg: Phase2Config = Ph
         )
         return report
     idx_all = np.asarray(prompt_index(train.keys))
-    ref, small, attr, operators = phase2_pairs(model, train, idx_all, pairs, op_pairs, cfg)
-    changes = {(int(k), int(train.keys[r, k]), int(train.keys[s, k])) for r, s, k in zip(ref, small, attr)}
-    report.attribute_changes = len(changes)
+    p1, plan = phase2_plan(model, train, idx_all, pairs, op_pairs, cfg)
+    report.attribute_changes = len(plan.changes)
     val_idx = np.asarray(prompt_index(val.keys)) if val is not None and val.n_subgroups else None
     if val_idx is not None:
         report.val_ce_before = validation_ce(model, val_idx, val.counts)
     rng = np.random.default_rng(cfg.seed)  # one permutation per epoch, drawn in epoch order
-    result = train_loop(model, lambda epoch: weighted_batches(np.ones(len(ref)), cfg.batch_size, rng),
-                        phase2_loss_fn(idx_all, ref, small, attr, train.keys, operators, cfg),
+    result = train_loop(model, lambda epoch: weighted_batches(np.ones(len(plan)), cfg.batch_size, rng),
+                        phase2_loss_fn(idx_all, plan, p1, cfg),
                         epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
                         progress=progress, desc="phase 2")
     report.steps = len(result.step_loss)

@@ -282,3 +282,71 @@ def test_estimate_operators_rejects_inconsistent_pairs():
     with pytest.raises(DsaError):
         estimate_operators(pred, keys[:3], pairs)
     assert estimate_operators(pred, keys, pairs.iloc[:0]) == {}
+
+
+# ---------------------------------------------------------------- ratio operator and the Phase 2 plan
+
+
+def test_ratio_operator_is_exact_on_a_factorised_table():
+    """Theorem 1: the pooled log-ratio operator transfers a change exactly; the quantile operator does not."""
+    from dsalib import theorem
+    from dsalib.surveys import SubgroupTable, hamming1_pairs
+
+    table = theorem.random_factorised([2, 3, 3], 5, 7, 0.0, 1.0, "ordinal")
+    keys, dist = table.keys, table.dist
+    sub = SubgroupTable("toy", "q", ("x", "y", "z"), (("0", "1"), ("0", "1", "2"), ("0", "1", "2")), keys,
+                        dist * 100, np.full(len(keys), 100), tuple("abcde"))
+    pairs = hamming1_pairs(sub, 1)
+    ratio = estimate_operators(dist, keys, pairs, kind="ratio")
+    quant = estimate_operators(dist, keys, pairs, kind="quantile")
+    assert set(ratio) == set(quant)
+    worst_ratio = worst_quant = 0.0
+    for a, b, j in pairs[["a", "b", "attribute"]].itertuples(index=False):
+        key = (j, keys[a, j], keys[b, j])
+        worst_ratio = max(worst_ratio, np.abs(ratio[key].apply(dist[a]) - dist[b]).max())
+        worst_quant = max(worst_quant, np.abs(quant[key].apply(dist[a]) - dist[b]).max())
+    assert worst_ratio < 1e-12
+    assert worst_quant > 0.01  # quantile mapping is not Theorem 1's transfer
+
+
+def test_ratio_operator_inverse_and_identity():
+    from dsalib.quantile import RatioOperator
+
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    op = RatioOperator(np.array([0.5, -0.2, 0.1, 0.0]))
+    np.testing.assert_allclose(op.inverse().apply(op.apply(p)), p, atol=1e-12)
+    np.testing.assert_allclose(RatioOperator(np.full(4, 0.3)).apply(p), p, atol=1e-12)  # a constant is no change
+    q = op.apply(np.array([0.0, 0.5, 0.5, 0.0]))
+    assert q[0] == 0 and q[3] == 0 and _is_dist(q)  # an empty option stays empty
+    with pytest.raises(DsaError, match="options"):
+        op.apply(np.array([0.5, 0.5]))
+    with pytest.raises(DsaError, match="operator kind"):
+        estimate_operators(*_toy(), kind="mean")
+
+
+def test_shift_plan_orients_pairs_and_weights_operators():
+    from dsalib.quantile import shift_plan
+    from dsalib.surveys import SubgroupTable, hamming1_pairs
+
+    pred, keys, _ = _toy()
+    n = np.array([50, 5, 20, 1, 30, 30])
+    table = SubgroupTable("toy", "q", ("x", "y"), (("0", "1"), ("0", "1", "2")), keys,
+                          pred * n[:, None], n, tuple("abcdefg"))
+    pairs = hamming1_pairs(table, 1)
+    plan = shift_plan(pred, keys, n, pairs, pairs)
+    assert len(plan) == len(pairs)
+    assert (n[plan.ref] >= n[plan.small]).all()
+    for i in range(len(plan)):
+        k, u, v = plan.change(i)
+        assert keys[plan.ref[i], k] == u and keys[plan.small[i], k] == v
+    t = plan.targets(pred[plan.ref])
+    for i in range(len(plan)):
+        np.testing.assert_allclose(t[i], plan.operators[plan.change(i)].apply(pred[plan.ref[i]]))
+    # harmonic weights n_a n_b / (n_a + n_b) of the three pairs that change attribute 0
+    h = shift_plan(pred, keys, n, pairs, pairs, operator_weights="harmonic")
+    w = np.array([50 * 1 / 51, 5 * 30 / 35, 20 * 30 / 50])
+    d = [shift(pred[0], pred[3]), shift(pred[1], pred[4]), shift(pred[2], pred[5])]
+    expected = sum(wi * di for wi, di in zip(w, d)) / w.sum()
+    np.testing.assert_allclose(h.operators[(0, 0, 1)].shift, expected)
+    with pytest.raises(DsaError, match="operator_weights"):
+        shift_plan(pred, keys, n, pairs, pairs, operator_weights="size")
