@@ -105,7 +105,8 @@ def _spec(levels: tuple[int, ...], n_options: int):
     raw = {
         "name": "known_truth",
         "title": "Synthetic survey drawn from a factorised model (dsalib.known_truth)",
-        "sources": [{"kind": "file", "description": "synthetic: drawn by dsalib.known_truth.synthetic_survey"}],
+        "sources": [{"kind": "file", "files": ["<synthetic>"],
+                     "description": "synthetic: drawn by dsalib.known_truth.synthetic_survey"}],
         "core": {"redist": {"wording": QUESTION, "options": dict(enumerate(OPTIONS[n_options]))}},
         "background": {
             name: {"variable": name, "wording": wording,

@@ -5,11 +5,13 @@ import pytest
 from dsalib import config, notebook_params
 from dsalib.errors import ParameterError
 
-STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "robustness", "theorem", "unseen_backgrounds"]
+STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "phase2_check", "robustness", "theorem",
+           "unseen_backgrounds"]
 
 
 def test_every_study_has_a_configuration():
     assert sorted(config.STUDIES) == STUDIES
+    assert sorted(p.stem for p in notebook_params.NOTEBOOKS.glob("*.ipynb")) == STUDIES
 
 
 @pytest.mark.parametrize("study", STUDIES)

@@ -7,7 +7,7 @@ import torch
 from dsalib import llm_methods as L, surveys
 from dsalib.engine import train_loop
 from dsalib.errors import DsaError
-from dsalib.train import (Phase1Config, Phase2Config, _weights, phase1_loss_fn, phase2_loss_fn, phase2_pairs,
+from dsalib.train import (Phase1Config, Phase2Config, _weights, phase1_loss_fn, phase2_loss_fn, phase2_plan,
                           run_phase1, validation_ce, weighted_batches)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,10 +67,10 @@ def test_phase2_batch_loss_is_the_mean_over_pairs_and_the_sum_of_its_shares(setu
     pairs = surveys.hamming1_pairs(train, cfg.min_pair_size)
     assert len(pairs) >= 6
     idx = np.arange(train.n_subgroups)
-    ref, small, attr, ops = phase2_pairs(om, train, idx, pairs, surveys.hamming1_pairs(train, 1), cfg)
-    assert (train.n[ref] >= train.n[small]).all()
-    loss_fn = phase2_loss_fn(idx, ref, small, attr, train.keys, ops, cfg)
-    batch = weighted_batches(np.ones(len(ref)), cfg.batch_size, np.random.default_rng(1))[0]
+    p1, plan = phase2_plan(om, train, idx, pairs, surveys.hamming1_pairs(train, 1), cfg)
+    assert (train.n[plan.ref] >= train.n[plan.small]).all()
+    loss_fn = phase2_loss_fn(idx, plan, p1, cfg)
+    batch = weighted_batches(np.ones(len(plan)), cfg.batch_size, np.random.default_rng(1))[0]
     assert all(w == pytest.approx(1 / 6) for _, w in batch)
     whole = _value(loss_fn(om, batch))
     per_pair = [_value(loss_fn(om, [(i, 1.0)])) for i, _ in batch]
