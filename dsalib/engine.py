@@ -334,7 +334,7 @@ class OptionModel(nn.Module):
 
     @torch.no_grad()
     def _compute_prefix(self, rows: list[int], progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from .progress import bar as tqdm
 
         if not rows:
             return
@@ -563,7 +563,7 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     dev = option_model.device
     acc = accelerator or Accelerator(cpu=dev.type == "cpu")

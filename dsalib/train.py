@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from .progress import bar as tqdm
 
 from . import quantile
 from .errors import DsaError
