@@ -145,13 +145,11 @@ def format_number(x, sig: int = SIGNIFICANT_DIGITS) -> str:
     return text
 
 
-def format_share(x, sig: int = SIGNIFICANT_DIGITS) -> str:
-    """A share in [0, 1] as a percentage with ``sig`` significant digits (at most one decimal): 0.7591 → "75.9%"."""
+def format_share(x) -> str:
+    """A share in [0, 1] as a percentage with one decimal: 0.7591 → "75.9%", 1.0 → "100.0%"."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return MISSING
-    pct = 100 * float(x)
-    d = min(_decimals(pct, sig), 1)
-    return f"{pct:.{d}f}%".replace("-", "−")
+    return f"{100 * float(x):.1f}%".replace("-", "−")
 
 
 def mean_sd(mean, sd, sig: int = SIGNIFICANT_DIGITS) -> str:
@@ -391,20 +389,28 @@ def figure(nrows: int = 1, ncols: int = 1, width: float = FIGURE_WIDTH, height: 
     return plt.subplots(nrows, ncols, figsize=(width, height), dpi=FIGURE_DPI, **kwargs)
 
 
-def legend_outside(fig_or_ax, where: str = "right", **kwargs):
+def legend_outside(fig_or_ax, where: str = "right", handles: Sequence | None = None,
+                   labels: Sequence[str] | None = None, **kwargs):
     """One legend outside the data: right of the axes (``where="right"``) or below the figure (``"below"``).
 
-    With a figure, the handles of all its axes are merged (duplicates dropped).
+    With a figure, the handles of all its axes are merged (duplicates dropped); ``handles`` and
+    ``labels`` replace them (e.g. :func:`marker_handle` for a marker that stands for a dataset).
     """
     import matplotlib.figure
 
+    if where not in ("right", "below"):
+        raise DsaError(f"legend_outside: where must be 'right' or 'below', got {where!r}")
     axes = fig_or_ax.axes if isinstance(fig_or_ax, matplotlib.figure.Figure) else [fig_or_ax]
-    handles, labels = [], []
+    given = handles is not None
+    handles, labels = (list(handles), list(labels or [])) if given else ([], [])
+    if given and len(handles) != len(labels):
+        raise DsaError(f"legend_outside: {len(handles)} handles but {len(labels)} labels")
     for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels and not lab.startswith("_"):
-                handles.append(h)
-                labels.append(lab)
+        if not given:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels and not lab.startswith("_"):
+                    handles.append(h)
+                    labels.append(lab)
         if ax.get_legend() is not None:
             ax.get_legend().remove()
     if not handles:
@@ -417,6 +423,14 @@ def legend_outside(fig_or_ax, where: str = "right", **kwargs):
         return fig_or_ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, **kwargs)
     return fig_or_ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.15),
                             ncol=min(len(labels), 4), frameon=False, **kwargs)
+
+
+def marker_handle(marker: str, filled: bool = True, color="0.45"):
+    """A legend entry for a marker shape alone (grey, or hollow), for markers that stand for datasets or sources."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], ls="", marker=marker, ms=7, markeredgecolor="black",
+                  markerfacecolor=color if filled else "none")
 
 
 def method_points(ax, summary: pd.DataFrame, value: str, sd: str | None = None, method: str = "method",
