@@ -152,6 +152,12 @@ for mode in modes:
     glue(f"sum_best_llm_vs_mnl_{mode}_pct", report.format_share(h[f"best_llm_vs_mnl_{mode}"] - 1), display=False)
 paper_dsa = paper[(paper.method == "DSA") & (paper.dataset == "Avg.")].set_index("llm").ratio
 paper_tkft = paper[(paper.method == "TKFT") & (paper.dataset == "Avg.")].set_index("llm").ratio
+ts_full = ratios[(ratios.method == "TS") & (ratios.truth_mode == "full")].error
+paper_ts = paper.drop_duplicates("dataset").set_index("dataset").ts_error.drop("Avg.", errors="ignore")
+glue("sum_ts_error_range_full", f"{report.format_number(ts_full.min())}–{report.format_number(ts_full.max())}",
+     display=False)
+glue("sum_paper_ts_error_range", f"{report.format_number(paper_ts.min())}–{report.format_number(paper_ts.max())}",
+     display=False)
 glue("sum_paper_dsa_ratio_range", f"{report.format_number(paper_dsa.min(), 2)}–{report.format_number(paper_dsa.max(), 2)}",
      display=False)
 glue("sum_paper_tkft_ratio_range", f"{report.format_number(paper_tkft.min(), 2)}–{report.format_number(paper_tkft.max(), 2)}",

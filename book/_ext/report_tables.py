@@ -22,7 +22,12 @@
     One row per executed reference notebook ``outputs/<study>/<name>.ipynb``: when it
     ran and for how long (``outputs/run_times.csv`` written by ``scripts/run_outputs.py``,
     with its CPU count and machine; else papermill's record in the notebook), and from
-    its ``metadata.json`` the code commit, Python, platform and key package versions.
+    its ``metadata.json`` the code commit and whether the tree had uncommitted changes (the run's
+    ``dirty`` flag, not ``git describe``, which also counts regenerated outputs), Python, platform
+    and key package versions; above the table, the sum of the recorded wall times.
+
+Executed notebooks of one study share a title; the ``env-updated`` hook adds the run name to
+each such title, so the sidebar lists "Enhancement ... (ess9)", "... (ess10no)" apart.
 
 All of them emit MyST Markdown that is parsed in place, and record the files they read as
 dependencies, so an incremental build notices a changed spec or a new run.
@@ -189,7 +194,7 @@ class RunEnvironment(SphinxDirective):
             with times_path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     times[(row.get("study"), row.get("name"))] = row
-        rows, pkgs = [], {}
+        rows, pkgs, total_s = [], {}, 0.0
         for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
             if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
                 continue
@@ -201,9 +206,9 @@ class RunEnvironment(SphinxDirective):
             if meta_path.exists():
                 self.env.note_dependency(str(meta_path))
             cv = meta.get("code_version", {})
-            commit = cv.get("describe", "")
-            if cv.get("dirty"):
-                commit += " (uncommitted changes)"
+            # the commit and the run's own dirty flag (git describe's "-dirty" also counts regenerated outputs/)
+            commit = str(cv.get("commit", ""))[:7]
+            dirty = {True: "yes", False: "no"}.get(cv.get("dirty"), "not recorded")
             t = times.get((study, run), {})
             if t.get("seconds"):
                 dur_s = f"{float(t['seconds']):,.0f} s"
@@ -215,13 +220,18 @@ class RunEnvironment(SphinxDirective):
             machine = " ".join(x for x in [f"{t['cpus']} CPUs" if t.get("cpus") else "", t.get("machine", "")] if x)
             for k, v in meta.get("packages", {}).items():
                 pkgs.setdefault(k, set()).add(str(v))
+            if t.get("seconds"):
+                total_s += float(t["seconds"])
             rows.append(f"| {study} | {run} | {started} | {dur_s} | {_cell(machine) or 'not recorded'} "
-                        f"| `{_cell(commit) or 'not recorded'}` | {_cell(meta.get('python', ''))} "
+                        f"| `{_cell(commit) or 'not recorded'}` | {dirty} | {_cell(meta.get('python', ''))} "
                         f"| {_cell(meta.get('platform', ''))} |")
         if not rows:
             return _parse(self, "No executed reference notebook is in `outputs/` yet.")
-        text = ["| study | run | started (UTC) | wall time | machine | code | Python | platform |",
-                "|---|---|---|---|---|---|---|---|", *rows, "",
+        total = (f"The wall times in `outputs/run_times.csv` add up to {total_s / 60:,.0f} min "
+                 f"({total_s:,.0f} s).") if total_s else "No wall times are recorded in `outputs/run_times.csv`."
+        text = [total, "",
+                "| study | run | started (UTC) | wall time | machine | code | uncommitted changes | Python | platform |",
+                "|---|---|---|---|---|---|---|---|---|", *rows, "",
                 "Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|"]
         text += [f"| {k} | {', '.join(sorted(v))} |" for k, v in sorted(pkgs.items())]
@@ -249,7 +259,29 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
         context["default_mode"] = "light"
 
 
+def _distinct_run_titles(app, env):
+    """Executed notebooks of one study share the notebook's title; in the sidebar and page title, add the run
+    name (``outputs/<study>/<name>``) to every title that more than one page has."""
+    from collections import defaultdict
+
+    by_title = defaultdict(list)
+    for doc, title in env.titles.items():
+        by_title[title.astext()].append(doc)
+    for title, docs in by_title.items():
+        if len(docs) < 2:
+            continue
+        for doc in docs:
+            parts = doc.split("/")
+            if len(parts) == 3 and parts[0] == "outputs":
+                node = nodes.title()
+                node += nodes.Text(f"{title} ({parts[2]})")
+                env.titles[doc] = node
+                env.longtitles[doc] = node.deepcopy()
+    return []
+
+
 def setup(app):
+    app.connect("env-updated", _distinct_run_titles)
     app.connect("html-page-context", _dedupe_scripts, priority=100)  # before handlers that return a template
     app.add_directive("run-environment", RunEnvironment)
     app.add_directive("if-output", IfOutput)
