@@ -416,13 +416,33 @@ def legend_outside(fig_or_ax, where: str = "right", handles: Sequence | None = N
     if not handles:
         return None
     if isinstance(fig_or_ax, matplotlib.figure.Figure):
+        for old in list(fig_or_ax.legends):  # one legend per figure: a new call replaces it
+            old.remove()
         loc = "outside right center" if where == "right" else "outside lower center"
-        ncol = 1 if where == "right" else min(len(labels), 4)
-        return fig_or_ax.legend(handles, labels, loc=loc, ncol=ncol, frameon=False, **kwargs)
+        kwargs.setdefault("ncol", 1 if where == "right" else min(len(labels), 3))
+        return fig_or_ax.legend(handles, labels, loc=loc, frameon=False, **kwargs)
     if where == "right":
         return fig_or_ax.legend(handles, labels, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, **kwargs)
     return fig_or_ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.15),
                             ncol=min(len(labels), 4), frameon=False, **kwargs)
+
+
+def saved_width_px(fig) -> float:
+    """Width in pixels of ``fig`` as the notebook shows it (tight bounding box at the figure's dpi)."""
+    fig.canvas.draw()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    return float(box.width * fig.dpi)
+
+
+def check_fits_column(fig, column_px: float = COLUMN_PX, slack: float = 1.05) -> float:
+    """Raise when ``fig`` (with its legends) is wider than the book's column, so the page would shrink its
+    fonts below :data:`MIN_FONT_PT`; returns the width in pixels."""
+    width = saved_width_px(fig)
+    if width > column_px * slack:
+        raise DsaError(f"the figure is {width:.0f} px wide with its legend; the book column is {column_px:.0f} px, "
+                       f"so its text would shrink by {column_px / width:.2f}: narrow the figure or the legend "
+                       f"(fewer columns, shorter labels)")
+    return width
 
 
 def marker_handle(marker: str, filled: bool = True, color="0.45"):

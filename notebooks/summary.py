@@ -129,8 +129,9 @@ for ax, mode in zip(axes[0], modes):
     ax.set_xlabel(f"{report.column_label(metric)} / TS's (log scale)")
 handles = [report.marker_handle(markers[d]) for d in names] + \
     [report.marker_handle(paper_markers[llm], filled=False) for llm in paper_llms]
-labels = [f"ours: {d}" for d in names] + [f"paper: {llm} (mean of its 5 datasets)" for llm in paper_llms]
-report.legend_outside(fig, where="below", handles=handles, labels=labels)
+labels = [f"ours, {d}" for d in names] + [f"paper, {llm}" for llm in paper_llms]
+report.legend_outside(fig, where="below", handles=handles, labels=labels, ncol=3)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "headline_ratios.png")
 glue("sum_headline_fig", fig, display=False)
 results.show(fig)

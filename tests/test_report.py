@@ -332,3 +332,21 @@ def test_dsalib_does_not_import_tqdm_auto():
     root = Path(__file__).resolve().parents[1] / "dsalib"
     offenders = [p.name for p in root.glob("*.py") if "tqdm.auto" in p.read_text().replace("``tqdm.auto``", "")]
     assert not offenders, f"use dsalib.progress.bar instead of tqdm.auto in {offenders}"
+
+
+def test_check_fits_column_catches_a_wide_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report.style()
+    fig, axes = report.figure()
+    for i in range(6):
+        axes[0][0].plot([0, 1], [i, i], label=f"a rather long legend label number {i}")
+    report.legend_outside(fig, where="below", ncol=6)
+    with pytest.raises(DsaError, match="px wide with its legend"):
+        report.check_fits_column(fig)
+    report.legend_outside(fig, where="below", ncol=2)
+    assert report.check_fits_column(fig) <= report.COLUMN_PX * 1.05
+    plt.close(fig)

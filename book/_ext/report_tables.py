@@ -261,22 +261,32 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
 
 def _distinct_run_titles(app, env):
     """Executed notebooks of one study share the notebook's title; in the sidebar and page title, add the run
-    name (``outputs/<study>/<name>``) to every title that more than one page has."""
+    name to the title of every executed notebook ``outputs/<study>/<name>`` whose study has several runs."""
     from collections import defaultdict
 
-    by_title = defaultdict(list)
-    for doc, title in env.titles.items():
-        by_title[title.astext()].append(doc)
-    for title, docs in by_title.items():
+    runs = defaultdict(list)
+    for doc in env.titles:
+        parts = doc.split("/")
+        if len(parts) == 3 and parts[0] == "outputs":
+            runs[parts[1]].append(doc)
+    for docs in runs.values():
         if len(docs) < 2:
             continue
         for doc in docs:
-            parts = doc.split("/")
-            if len(parts) == 3 and parts[0] == "outputs":
-                node = nodes.title()
-                node += nodes.Text(f"{title} ({parts[2]})")
-                env.titles[doc] = node
-                env.longtitles[doc] = node.deepcopy()
+            name = doc.split("/")[2]
+            title = env.titles[doc].astext()
+            if title.endswith(f"({name})"):
+                continue  # an incremental build kept the changed title
+            new = f"{title} ({name})"
+            node = nodes.title()
+            node += nodes.Text(new)
+            env.titles[doc] = node
+            env.longtitles[doc] = node.deepcopy()
+            # toctrees (the sidebar) take an entry's text from the page's own table of contents
+            toc = env.tocs.get(doc)
+            refs = list(toc.findall(nodes.reference)) if toc is not None else []
+            if refs:
+                refs[0].children = [nodes.Text(new)]
     return []
 
 
