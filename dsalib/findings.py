@@ -249,15 +249,21 @@ def load_data_savings(root=REPO / "outputs" / "data_efficiency", n: int | None =
     """Data savings (data efficiency study): the TS training size matching each method's error.
 
     Columns dataset, truth_mode, method, n, ts_equivalent_n, saving (a share of n, ``NaN`` outside the
-    TS grid) and ``saving_text`` (the study's text, a bound such as "> 58.3%" outside the grid).
+    TS grid), ``saving_text`` (the study's text, a bound such as "> 58.3%" outside the grid) and
+    ``saving_shown`` (for tables: "none (worse than TS)" where the method is worse than TS even at the
+    grid's smallest size, instead of the study's "< -900.0%"-style bound).
     """
     t = _read_study_tables(root, "equivalent_sizes.csv")
     if n is not None:
         t = t[t.n == n]
         if t.empty:
             raise DsaError(f"equivalent_sizes.csv has no rows at n {n}")
-    return t[["dataset", "truth_mode", "method", "n", "ts_equivalent_n", "saving", "saving_text", "status"]]\
-        .reset_index(drop=True)
+    t = t[["dataset", "truth_mode", "method", "n", "ts_equivalent_n", "saving", "saving_text", "status"]].copy()
+    worse = t["status"].astype(str).str.startswith("worse than TS")
+    t["saving_shown"] = t["saving_text"].astype(str).str.replace("-", "−", regex=False)
+    t.loc[worse, "saving_shown"] = "none (worse than TS)"
+    t.loc[t["saving_text"].isna(), "saving_shown"] = np.nan
+    return t.reset_index(drop=True)
 
 
 def scale_facts(root=ENHANCEMENT_DIR, datasets: Sequence[str] | None = None) -> pd.DataFrame:

@@ -157,8 +157,7 @@ ts_full = ratios[(ratios.method == "TS") & (ratios.truth_mode == "full")].error
 paper_ts = paper.drop_duplicates("dataset").set_index("dataset").ts_error.drop("Avg.", errors="ignore")
 glue("sum_ts_error_range_full", f"{report.format_number(ts_full.min())}–{report.format_number(ts_full.max())}",
      display=False)
-glue("sum_paper_ts_error_range", f"{report.format_number(paper_ts.min())}–{report.format_number(paper_ts.max())}",
-     display=False)
+glue("sum_paper_ts_error_range", f"{paper_ts.min():.3f}–{paper_ts.max():.3f}", display=False)  # as printed
 glue("sum_paper_dsa_ratio_range", f"{report.format_number(paper_dsa.min(), 2)}–{report.format_number(paper_dsa.max(), 2)}",
      display=False)
 glue("sum_paper_tkft_ratio_range", f"{report.format_number(paper_tkft.min(), 2)}–{report.format_number(paper_tkft.max(), 2)}",
@@ -190,7 +189,7 @@ glue("sum_better_table", better_table, display=False)
 
 savings = findings.load_data_savings(data_efficiency_dir, n=n_train)
 savings = savings[savings.dataset.isin(names)]
-sv = savings.pivot_table(index="method", columns=["dataset", "truth_mode"], values="saving_text", aggfunc="first",
+sv = savings.pivot_table(index="method", columns=["dataset", "truth_mode"], values="saving_shown", aggfunc="first",
                          sort=False)
 sv.columns = [f"{d}, {report.TRUTH_LABELS[m]}" for d, m in sv.columns]
 sv = sv[[f"{d}, {report.TRUTH_LABELS[m]}" for m in modes for d in names if f"{d}, {report.TRUTH_LABELS[m]}" in sv.columns]]
@@ -198,8 +197,8 @@ sv = sv.drop(index=[m for m in ("TS", "floor") if m in sv.index])
 savings_table = report.table(
     sv.rename_axis("method").reset_index(), missing="not computed",
     caption=f"Data saving: share of the n = {n_train} training respondents TS would not need to match the method",
-    notes=["A bound (> or <) means the method's error lies outside the TS curve's grid of training sizes: "
-           "better than TS at every size, or worse than TS at the smallest."])
+    notes=["\"> x%\": the method's error is below TS's at every training size of the TS curve's grid, so the "
+           "saving is at least x%. \"none\": the method is worse than TS even at the grid's smallest size."])
 display(savings_table)
 glue("sum_savings_table", savings_table, display=False)
 

@@ -350,3 +350,11 @@ def test_check_fits_column_catches_a_wide_legend():
     report.legend_outside(fig, where="below", ncol=2)
     assert report.check_fits_column(fig) <= report.COLUMN_PX * 1.05
     plt.close(fig)
+
+
+def test_data_savings_never_show_a_huge_negative_bound():
+    t = findings.load_data_savings(n=500)
+    worse = t.status.str.startswith("worse than TS")
+    assert worse.any()
+    assert (t.loc[worse, "saving_shown"] == "none (worse than TS)").all()
+    assert not t.saving_shown.dropna().str.contains("900").any()
