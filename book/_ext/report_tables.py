@@ -194,7 +194,7 @@ class RunEnvironment(SphinxDirective):
             with times_path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     times[(row.get("study"), row.get("name"))] = row
-        rows, pkgs, total_s = [], {}, 0.0
+        rows, pkgs, systems, total_s = [], {}, {}, 0.0
         for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
             if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
                 continue
@@ -222,16 +222,21 @@ class RunEnvironment(SphinxDirective):
                 pkgs.setdefault(k, set()).add(str(v))
             if t.get("seconds"):
                 total_s += float(t["seconds"])
+            for key in ("python", "platform"):
+                if meta.get(key):
+                    systems.setdefault(key, set()).add(str(meta[key]))
             rows.append(f"| {study} | {run} | {started} | {dur_s} | {_cell(machine) or 'not recorded'} "
-                        f"| `{_cell(commit) or 'not recorded'}` | {dirty} | {_cell(meta.get('python', ''))} "
-                        f"| {_cell(meta.get('platform', ''))} |")
+                        f"| `{_cell(commit) or 'not recorded'}` | {dirty} |")
         if not rows:
             return _parse(self, "No executed reference notebook is in `outputs/` yet.")
         total = (f"The wall times in `outputs/run_times.csv` add up to {total_s / 60:,.0f} min "
                  f"({total_s:,.0f} s).") if total_s else "No wall times are recorded in `outputs/run_times.csv`."
+        system = "; ".join(f"{'Python' if k == 'python' else 'platform'} {', '.join(f'`{v}`' for v in sorted(vals))}"
+                           for k, vals in sorted(systems.items()))
         text = [total, "",
-                "| study | run | started (UTC) | wall time | machine | code | uncommitted changes | Python | platform |",
-                "|---|---|---|---|---|---|---|---|---|", *rows, "",
+                "| study | run | started (UTC) | wall time | machine | code | uncommitted changes |",
+                "|---|---|---|---|---|---|---|", *rows, "",
+                f"Recorded by the runs: {system or 'no Python or platform recorded'}.", "",
                 "Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|"]
         text += [f"| {k} | {', '.join(sorted(v))} |" for k, v in sorted(pkgs.items())]
