@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -34,14 +34,14 @@ import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from dsalib import findings, notebook_params, report, results
+from dsalib import config, findings, report, results, study
 
 results.use_png_figures()
 report.style()
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this summary (papermill overrides them with -f params/summary/<name>.yaml).
+# Every setting of this summary (dsalib.config.SummaryConfig; papermill overrides them with -f params/summary/<name>.yaml).
 enhancement_dir = "outputs/enhancement"  # Enhancement runs: <dir>/<dataset>/results.csv
 robustness_dir = "outputs/robustness"  # better-than-TS shares: <dir>/<dataset>/better_than_ts.csv
 data_efficiency_dir = "outputs/data_efficiency"  # data savings: <dir>/<dataset>/equivalent_sizes.csv
@@ -49,18 +49,17 @@ datasets = None  # run folders to read; None means every folder with a results.c
 metric = "jsd_mean"  # error measure of the ratios: jsd_mean or wd_scaled_mean
 paper_table = "book/_data/paper_table1_enhancement_jsd.csv"  # the paper's Table 1 (same measure as metric)
 paper_llms = ["Qwen3-4B", "Qwen3-32B", "Llama3-8B"]  # the paper's LLMs to show beside ours
-output_dir = "outputs/summary/default"  # relative paths are under the repository root
+output_dir = None  # None means runs/summary/default/ (git-ignored); relative paths are under the repository root
 
 # %%
-params = notebook_params.given_parameters("summary", globals(), _names_before_parameters)
-if metric not in ("jsd_mean", "wd_scaled_mean"):
-    raise ValueError(f"metric must be jsd_mean or wd_scaled_mean, got {metric!r}")
+cfg = config.from_notebook("summary", globals(), _names_before_parameters)
+params = cfg.to_params()
 runs = findings.load_enhancement(enhancement_dir, datasets)
 paper = findings.paper_ratios(paper_table)
 unknown_llms = sorted(set(paper_llms) - set(paper.llm))
 if unknown_llms:
     raise ValueError(f"paper_llms {unknown_llms} are not in {paper_table}; it has {sorted(paper.llm.unique())}")
-out = results.resolve_output_dir(output_dir)
+out = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a temporary folder, swapped in at the end
 prov = results.provenance()
 names = sorted(runs.dataset.unique())
 modes = [m for m in ("full", "heldout") if m in set(runs.truth_mode)]
@@ -222,4 +221,5 @@ glue("sum_train_median_range",
      f"{report.format_number(facts.train_median.min())}–{report.format_number(facts.train_median.max())}", display=False)
 glue("sum_respondents_range",
      f"{facts.respondents.min():,}–{facts.respondents.max():,}", display=False)
-meta = results.write_metadata(out, study="summary", params=params)
+meta = results.write_metadata(out.path, study="summary", params=params)
+out.commit()  # the tables replace the output folder's previous ones as one set

@@ -5,7 +5,8 @@ import pytest
 from dsalib import config, notebook_params
 from dsalib.errors import ParameterError
 
-STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "robustness", "theorem", "unseen_backgrounds"]
+STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "robustness", "summary", "theorem",
+           "unseen_backgrounds"]
 
 
 def test_every_study_has_a_configuration():
