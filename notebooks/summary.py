@@ -222,4 +222,4 @@ glue("sum_train_median_range",
 glue("sum_respondents_range",
      f"{facts.respondents.min():,}–{facts.respondents.max():,}", display=False)
 meta = results.write_metadata(out.path, study="summary", params=params)
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
