@@ -87,9 +87,10 @@ class DatasetSpecs(SphinxDirective):
                     what = (f"**Archive file** (register and download it yourself, then put it in "
                             f"`data/` or `$DSA_DATA_DIR`): {pats}. Where: {src.get('archive', 'not stated')}.")
                 lines.append(f"- {what}")
-                if src.get("description"):
-                    lines.append(f"  {src['description']}")
-                if src.get("weight"):
+                desc = str(src.get("description") or "").strip()
+                if desc:
+                    lines.append(f"  {desc}" + ("" if desc.endswith((".", "!", "?")) else "."))
+                if src.get("weight") and str(src["weight"]) not in desc:  # say it once
                     lines.append(f"  Respondent weight: `{src['weight']}`.")
                 if src.get("core"):
                     lines.append(f"  Core questions in this source: {', '.join(f'`{c}`' for c in src['core'])}.")
