@@ -155,7 +155,8 @@ def format_share(x) -> str:
 def mean_sd(mean, sd, sig: int = SIGNIFICANT_DIGITS) -> str:
     """A mean with its spread, both to the mean's decimal places: (0.091234, 0.00311) → "0.0912 ± 0.0031".
 
-    A missing ``sd`` (one seed) shows the mean alone; a missing mean shows "—".
+    A spread too small for those places gets one significant digit (0.308, 0.00042 → "0.308 ± 0.0004");
+    a missing ``sd`` (one seed) shows the mean alone; a missing mean shows "—".
     """
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return MISSING
@@ -163,7 +164,10 @@ def mean_sd(mean, sd, sig: int = SIGNIFICANT_DIGITS) -> str:
     if sd is None or (isinstance(sd, float) and math.isnan(sd)):
         return m
     d = _decimals(float(mean), sig)
-    return f"{m} ± {abs(float(sd)):.{d}f}"
+    sd = abs(float(sd))
+    if 0 < sd < 0.5 * 10 ** -d:  # the spread would read "± 0.000": show its first significant digit instead
+        d = _decimals(sd, 1)
+    return f"{m} ± {sd:.{d}f}"
 
 
 def seed_summary(rows: pd.DataFrame, value: str | Sequence[str], by: Sequence[str] = ("truth_mode", "method"),

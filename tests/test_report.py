@@ -37,6 +37,8 @@ def test_format_number_tiny_negative_rounds_to_plain_zero():
 def test_mean_sd_and_share():
     assert report.mean_sd(0.091234, 0.00311) == "0.0912 ± 0.0031"
     assert report.mean_sd(0.5, float("nan")) == "0.500"
+    assert report.mean_sd(0.308, 0.00042) == "0.308 ± 0.0004"
+    assert report.mean_sd(0.308, 0.0) == "0.308 ± 0.000"
     assert report.mean_sd(float("nan"), 0.1) == "—"
     assert report.format_share(0.7591) == "75.9%"
     assert report.format_share(1.0) == "100.0%"
@@ -358,3 +360,14 @@ def test_data_savings_never_show_a_huge_negative_bound():
     assert worse.any()
     assert (t.loc[worse, "saving_shown"] == "none (worse than TS)").all()
     assert not t.saving_shown.dropna().str.contains("900").any()
+
+
+def test_study_table_loaders(tmp_path):
+    with pytest.raises(DsaError, match="no better_than_ts.csv"):
+        findings.load_better_than_ts(tmp_path)
+    b = findings.load_better_than_ts(train_size=500)
+    assert set(b.columns) >= {"dataset", "truth_mode", "method", "share"} and b.share.between(0, 1).all()
+    with pytest.raises(DsaError, match="train_size 7"):
+        findings.load_better_than_ts(train_size=7)
+    facts = findings.scale_facts(datasets=["ess9"]).iloc[0]
+    assert facts.n == 500 and facts.questions >= 1 and 0 < facts.train_median < facts.truth_median
