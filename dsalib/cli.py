@@ -213,6 +213,13 @@ def resolve_run_params(study: str, params_file: Path | None = None, overrides: d
         checked = _check_dataset(chosen, Path(folder) if folder else None)
         if "dataset" in params or checked != chosen:
             params["dataset"] = checked
+    from . import config
+
+    if study in config.STUDIES:  # the study's own typed check (types, ranges, choices), as the notebook runs it
+        try:
+            config.from_params(study, params)
+        except DsaError as exc:
+            raise UsageError(str(exc)) from None
     return params
 
 

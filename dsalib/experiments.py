@@ -213,7 +213,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
     for q in questions:
         for seed in cfg.seeds:
             def key(name, q=q, seed=seed):
-                return RunKey("enhancement", cfg.dataset, q, int(seed), name)
+                return RunKey("enhancement", survey.name, q, int(seed), name)
 
             if not any(stores[mode].pending([key(m) for m in order + (["floor"] if floor else [])]) for mode in modes):
                 continue
@@ -232,7 +232,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
                     per.insert(2, "train_n", split.train.lookup(table.keys)[1])
                     return per
 
-                truths.append(Truth(stores[mode], key, table, context, f"{cfg.dataset} {q} seed={seed} [{mode}]",
+                truths.append(Truth(stores[mode], key, table, context, f"{survey.name} {q} seed={seed} [{mode}]",
                                     columns=train_n))
             if lm is None and any(methods.needs_model(m) and any(t.pending(m) for t in truths) for m in order):
                 from .llm_methods import LanguageModel

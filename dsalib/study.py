@@ -149,7 +149,13 @@ def prepare(cfg: StudyConfig, more_questions: Iterable[Sequence[str] | None] = (
         from .errors import ParameterError
 
         raise ParameterError("the theorem study uses no survey; open its folder with OutputFolder(output_dir_for(cfg))")
-    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+    wanted = (list(cfg.train_questions) + list(cfg.test_questions) if isinstance(cfg, GenerationConfig)
+              else cfg.questions)
+    more_questions = list(more_questions)  # (None in it means the study's own questions)
+    if wanted is not None:  # only what the run uses must be in the file (the rest is reported as unavailable)
+        wanted = list(dict.fromkeys(list(wanted) + [q for e in more_questions if e is not None for q in e]))
+    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=wanted,
+                                 background=cfg.background)
     if isinstance(cfg, GenerationConfig):
         qs = surveys.iter_questions(survey, list(cfg.train_questions) + list(cfg.test_questions))
     else:

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dsalib import metrics, surveys
+from dsalib import config, metrics, study, surveys
 from dsalib.errors import DataFileNotFound, DsaError, ParameterError, SpecError
 from dsalib.experiments import EnhancementConfig
 
@@ -215,10 +215,10 @@ CASES = [
     Bad("jsd-shape", lambda t: metrics.jsd([0.5, 0.5], [0.2, 0.3, 0.5]), DsaError, ("shapes", "(1, 2)", "(1, 3)")),
     Bad("wd-one-option", lambda t: metrics.wd_scaled([1.0], [1.0]), DsaError, ("≥ 2 options",)),
     Bad("jsd-nan", lambda t: metrics.jsd([np.nan, 1.0], [0.5, 0.5]), DsaError, ("NaN",)),
-    # -------- EnhancementConfig
-    Bad("config-mode", lambda t: EnhancementConfig(mode="both").check(), ParameterError, ("mode", "'both'")),
-    Bad("config-n", lambda t: EnhancementConfig(n=0).check(), ParameterError, ("n must be a positive integer", "0")),
-    Bad("config-method", lambda t: EnhancementConfig(methods=("TS", "GPT")).check(), ParameterError, ("'GPT'",)),
+    # -------- the study configuration (the API's EnhancementConfig(...) runs the same checks as the notebook's)
+    Bad("config-mode", lambda t: EnhancementConfig(modes=["both"]), ParameterError, ("modes[0]", "'both'", "full, heldout")),
+    Bad("config-n", lambda t: EnhancementConfig(n=0), ParameterError, ("'n'", "≥ 1", "0")),
+    Bad("config-method", lambda t: EnhancementConfig(methods=["TS", "GPT"]), ParameterError, ("methods[1]", "'GPT'")),
 ]
 
 
@@ -297,3 +297,58 @@ def test_yaml_python_tags_are_refused(tmp_path):
     with pytest.raises(SpecError, match="not valid YAML"):
         surveys.load_spec(str(path))
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- the notebook front door
+# A study notebook runs config.from_notebook (= config.from_params on its parameters) and then study.prepare,
+# before any work; these are the same bad inputs given as notebook parameters (papermill -p/-y/-f, dsa run --set).
+
+
+def notebook(tmp: Path, **params):
+    params = {"output_dir": str(tmp / "out"), "store_root": str(tmp / "stores"), **params}
+    return study.prepare(config.from_params("enhancement", params))
+
+
+def _toy_files(tmp: Path, frame: pd.DataFrame | None = None, sep: str = ",") -> dict:
+    (tmp / "data").mkdir(exist_ok=True)
+    (frame if frame is not None else toy_frame()).to_csv(tmp / "data" / "toy1.csv", index=False, sep=sep)
+    return {"dataset": str(write_spec(tmp)), "data_dir": str(tmp / "data")}
+
+
+NOTEBOOK_CASES = [
+    Bad("nb-seeds-int", lambda t: notebook(t, seeds=3), ParameterError, ("'seeds'", "must be a list", "-y")),
+    Bad("nb-questions-text", lambda t: notebook(t, questions="imbgeco"), ParameterError, ("'questions'", "text 'imbgeco'", "-y")),
+    Bad("nb-modes-empty", lambda t: notebook(t, modes=[]), ParameterError, ("'modes'", "at least one")),
+    Bad("nb-phase1-unknown", lambda t: notebook(t, phase1={"epochz": 1}), ParameterError, ("'phase1'", "epochz", "max_epochs")),
+    Bad("nb-min-eval-negative", lambda t: notebook(t, min_eval_size=-5), ParameterError, ("'min_eval_size'", "≥ 1", "-5")),
+    Bad("nb-seed-float", lambda t: notebook(t, seeds=[0.5]), ParameterError, ("seeds[0]", "integer", "0.5")),
+    Bad("nb-seed-none", lambda t: notebook(t, seeds=[None]), ParameterError, ("seeds[0]", "integer", "None")),
+    Bad("nb-seed-negative", lambda t: notebook(t, seeds=[-1]), ParameterError, ("seeds[0]", "-1")),
+    Bad("nb-seed-bool", lambda t: notebook(t, seeds=[True]), ParameterError, ("seeds[0]", "True")),
+    Bad("nb-unknown-name", lambda t: notebook(t, datset="ess9"), ParameterError, ("'datset'", "dataset")),
+    Bad("nb-unknown-method", lambda t: notebook(t, methods=["TS", "GPT"]), ParameterError, ("'GPT'",)),
+    Bad("nb-unknown-question", lambda t: notebook(t, questions=["nope"]), DsaError, ("'nope'", "imbgeco")),
+    Bad("nb-dataset-escapes", lambda t: notebook(t, dataset="../../x"), SpecError, ("../../x",)),
+    Bad("nb-semicolon-file", lambda t: notebook(t, **{**_toy_files(t, sep=";"), "dataset": str(write_spec(
+        t, with_change(_set(["sources", 0, "sep"], ","))))}), DsaError, ("';'-separated", "sep:")),
+    Bad("nb-wrong-round", lambda t: notebook(t, **_toy_files(t, _frame(round=4)())), DsaError, ("column 'round'", "[3]")),
+    Bad("nb-negative-weights", lambda t: notebook(t, **_toy_files(t, _frame(wt=lambda f: -f["wt"])())), DsaError,
+        ("'wt'", "negative")),
+    Bad("nb-missing-columns", lambda t: notebook(t, questions=["q1"], **_toy_files(t, toy_frame().drop(columns=["q1", "age"]))),
+        DsaError, ("'q1' (core question 'q1')", "'age' (background 'age')")),
+]
+
+
+@pytest.mark.parametrize("case", NOTEBOOK_CASES, ids=[c.id for c in NOTEBOOK_CASES])
+def test_bad_notebook_parameter(case: Bad, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(case.error) as err:
+        case.call(tmp_path)
+    msg = str(err.value)
+    for text in case.names:
+        assert text in msg, f"{case.id}: {text!r} not in message: {msg}"
+    assert not (tmp_path / "stores").exists()  # refused before any work
+
+
+def test_at_least_forty_cases_through_both_front_doors():
+    assert len(CASES) + len(NOTEBOOK_CASES) >= 60 and len(NOTEBOOK_CASES) >= 15

@@ -257,8 +257,8 @@ def test_run_readme_example_end_to_end(my_survey, tmp_path):
     rc = proc.wait(timeout=60)
     text = "\n".join(ln for _, ln in lines)
     assert rc == 0, text[-4000:]
-    progress = [(t, ln) for t, ln in lines if re.match(r"\S+my_survey\.yaml (trust_gov|satisfied) seed=0 (TS|MNL) "
-                                                       r"\[(full|heldout)\]: jsd=", ln)]
+    progress = [(t, ln) for t, ln in lines if re.match(r"my_survey (trust_gov|satisfied) seed=0 \[(full|heldout)\] "
+                                                       r"(TS|MNL): jsd=", ln)]
     assert len(progress) == 2 * 2 * 2, text[-4000:]  # 2 questions x 2 methods x 2 truth modes
     assert progress[-1][0] - progress[0][0] > 0.5, "the driver's lines arrived together: output is not streamed"
     summary = pd.read_csv(out_dir / "summary.csv")
@@ -291,7 +291,7 @@ def test_run_readme_example_end_to_end(my_survey, tmp_path):
     (["run", "enhancement", "--dataset", "/nonexistent/my.yaml"], "dataset spec /nonexistent/my.yaml: no such file"),
     (["run", "enhancement", "--dataset", "wvs", "--data-dir", "."], "needs its data file"),
     (["run", "enhancement", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such folder"),
-    (["run", "enhancement", "--set", "data_dir=/tmp"], "has no parameter data_dir; give the data folder with --data-dir"),
+    (["run", "theorem", "--set", "data_dir=/tmp"], "has no parameter data_dir; give the data folder with --data-dir"),
     (["run", "theorem", "--dataset", "beps"], "--dataset beps: the theorem notebook has no parameter 'dataset'"),
     (["run", "enhancement", "--params", "/nonexistent.yaml"], "--params /nonexistent.yaml: no such file"),
     (["run", "enhancement", "--name", "../x"], "--name '../x': use letters, digits"),
@@ -404,7 +404,7 @@ def test_run_enhancement_beps_into_runs(capsys, tmp_path, monkeypatch):
     assert rc == 0, out[-3000:] + err[-3000:]
     lines = out.splitlines()
     assert lines[0].startswith("dsa run enhancement: methods=['TS', 'MNL'] seeds=[0]")
-    progress = [ln for ln in lines if re.match(r"beps \S+ seed=0 (TS|MNL) \[(full|heldout)\]: jsd=", ln)]
+    progress = [ln for ln in lines if re.match(r"beps \S+ seed=0 \[(full|heldout)\] (TS|MNL): jsd=", ln)]
     assert len(progress) == 6 * 2 * 2  # 6 questions x 2 methods x 2 truth modes, streamed as they ran
     assert lines.index(progress[0]) < len(lines) - 1 and lines[-1].startswith("dsa run enhancement: done in")
     folder = tmp_path / "runs" / "enhancement" / "beps"
@@ -419,7 +419,21 @@ def test_failed_run_prints_the_cell_error(capsys, tmp_path):
                          "--output-dir", str(tmp_path / "out"))
     assert rc == 1
     assert "FAILED after" in err
-    assert re.search(r"cell \d+ \(In \[\d+\]\) raised DsaError: dataset 'beps' .* has no core question 'Blairr'", err)
+    assert re.search(r"cell \d+ \(In \[\d+\]\) raised DsaError: dataset 'beps' .* has no core question.*'Blairr'", err)
     assert "Traceback" not in err and "PapermillExecutionError" not in err
     assert f"is {tmp_path / 'out.ipynb'}" in err or "out.ipynb" in err
     assert (tmp_path / "out.ipynb").is_file()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("min_eval_size=-5", "'min_eval_size' of the enhancement study must be ≥ 1"),
+    ("seeds=[0.5]", "seeds[0]"),
+    ("phase1={epochz: 1}", "epochz"),
+    ("modes=[]", "at least one"),
+])
+def test_run_applies_the_studys_typed_checks_before_the_kernel(capsys, monkeypatch, setting, message):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("the kernel must not start"))
+    rc, _, err = run_cli(capsys, "run", "enhancement", "--set", setting)
+    assert rc == 2 and message in err
