@@ -166,6 +166,7 @@ def headline(runs: pd.DataFrame, metric: str = "jsd_mean") -> dict:
       ratio to TS over datasets, and ``best_llm_ratio_<mode>`` that ratio;
     - ``mnl_ratio_<mode>``, ``floor_ratio_<mode>``, ``tkft_ratio_<mode>``, ``dsa_ratio_<mode>``: mean ratios over
       datasets; ``tkft_ratio_min/max_<mode>``: TKFT's range over datasets;
+    - ``zero_shot_ratio_min_<mode>``: the smallest ratio of ``Direct`` or ``PE`` on any dataset (when run);
     - ``best_paper_method_<mode>`` / ``best_paper_method_ratio_<mode>``: the best of the paper's LLM methods
       (:data:`PAPER_METHODS`, no EB shrinkage);
     - ``best_llm_vs_mnl_<mode>``: best LLM error / MNL error (mean over datasets of the ratio of the two
@@ -190,6 +191,9 @@ def headline(runs: pd.DataFrame, metric: str = "jsd_mean") -> dict:
         out[f"best_llm_ratio_{mode}"] = float(means[best])
         for m in ("MNL", "TKFT", "DSA", "floor"):
             out[f"{m.lower()}_ratio_{mode}"] = float(means[m])
+        zero_shot = [m for m in ("Direct", "PE") if m in wide.columns]
+        if zero_shot:  # the zero-shot methods' smallest ratio on any dataset
+            out[f"zero_shot_ratio_min_{mode}"] = float(wide[zero_shot].min().min())
         paper_methods = [m for m in PAPER_METHODS if m in wide.columns]
         best_paper = min(paper_methods, key=lambda m: means[m])
         out[f"best_paper_method_{mode}"] = best_paper
@@ -203,6 +207,62 @@ def headline(runs: pd.DataFrame, metric: str = "jsd_mean") -> dict:
             out[f"dsa_below_tkft_{k}_{mode}"] = v
         out[f"runs_{mode}"] = pw["runs"]
     return out
+
+
+#: What each method is, in a few words, for sentences such as "the best LLM method, EB-TKFT (...)".
+METHOD_GLOSS = {
+    "TS": "the training sample", "MNL": "main-effects multinomial logit", "POLR": "proportional-odds ordinal logit",
+    "EB-MNL": "shrinkage toward the logit", "Direct": "zero-shot prompting", "PE": "zero-shot persona prompting",
+    "AAE": "an adapter on the model's output", "TKFT": "Phase 1 fine-tuning", "DSA": "Phase 1 and 2 fine-tuning",
+    "EB-TKFT": "shrinkage toward the fine-tuned model", "EB-DSA": "shrinkage toward the DSA model",
+}
+
+
+def verdicts(h: dict, mode: str = "full") -> dict:
+    """The "What we found" box's bold lead sentences for truth ``mode``, chosen from the numbers in ``h``
+    (:func:`headline`), so the words cannot contradict the glued figures.
+
+    Keys: ``tkft_vs_ts``, ``dsa_vs_tkft``, ``llm_vs_stat``, ``zero_shot``, ``best_llm_gloss``, ``best_llm_vs_mnl``
+    (e.g. "0.1% above").
+    """
+    need = [f"tkft_ratio_max_{mode}", f"dsa_below_tkft_lower_{mode}", f"best_llm_beats_mnl_datasets_{mode}"]
+    missing = [k for k in need if k not in h]
+    if missing:
+        raise DsaError(f"verdicts: the headline numbers lack {missing} (truth mode {mode!r})")
+    tkft_max, tkft_min = h[f"tkft_ratio_max_{mode}"], h[f"tkft_ratio_min_{mode}"]
+    if tkft_max < 1:
+        tkft = "Fine-tuning beats the training sample, as in the paper."
+    elif tkft_min < 1:
+        tkft = "Fine-tuning beats the training sample on some datasets only."
+    else:
+        tkft = "Fine-tuning does not beat the training sample."
+    lower, runs = h[f"dsa_below_tkft_lower_{mode}"], h[f"dsa_below_tkft_runs_{mode}"]
+    if lower == 0:
+        dsa = "DSA did not beat TKFT."
+    elif lower < runs / 2:
+        dsa = f"DSA beat TKFT in only {lower} of {runs} runs."
+    else:
+        dsa = f"DSA beat TKFT in {lower} of {runs} runs."
+    beats, n = h[f"best_llm_beats_mnl_datasets_{mode}"], h["n_datasets"]
+    if beats == 0:
+        stat = "No LLM method beat the statistical models."
+    elif beats < n:
+        stat = "The best LLM method only matches the statistical models."
+    else:
+        stat = "The best LLM method beat the main-effects logit on every dataset."
+    zs = h.get(f"zero_shot_ratio_min_{mode}")
+    if zs is None:
+        zero = "Zero-shot prompting was not run."
+    elif zs > 1:
+        zero = "Zero-shot prompting (Direct, PE) is worse than TS on every dataset."
+    else:
+        zero = "Zero-shot prompting (Direct, PE) beats TS on some datasets."
+    r = h[f"best_llm_vs_mnl_{mode}"]
+    from .report import format_share
+
+    return {"tkft_vs_ts": tkft, "dsa_vs_tkft": dsa, "llm_vs_stat": stat, "zero_shot": zero,
+            "best_llm_gloss": METHOD_GLOSS.get(h[f"best_llm_{mode}"], h[f"best_llm_{mode}"]),
+            "best_llm_vs_mnl": f"{format_share(abs(r - 1))} {'above' if r > 1 else 'below'}"}
 
 
 def headline_frame(ours: pd.DataFrame, paper: pd.DataFrame, paper_llm: str = "Qwen3-4B",

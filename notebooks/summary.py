@@ -148,6 +148,9 @@ results.write_table(pd.DataFrame({"name": list(h), "value": [str(v) for v in h.v
 for k, v in h.items():
     glue(f"sum_{k}", v, display=False)
 glue("sum_metric", report.column_label(metric), display=False)
+for mode in modes:
+    for k, v in findings.verdicts(h, mode).items():
+        glue(f"sum_verdict_{k}_{mode}", v, display=False)
 glue("sum_datasets_text", ", ".join(names), display=False)
 for mode in modes:
     for key in ("best_llm_ratio", "mnl_ratio", "tkft_ratio", "dsa_ratio", "floor_ratio", "best_paper_method_ratio",

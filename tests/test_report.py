@@ -371,3 +371,24 @@ def test_study_table_loaders(tmp_path):
         findings.load_better_than_ts(train_size=7)
     facts = findings.scale_facts(datasets=["ess9"]).iloc[0]
     assert facts.n == 500 and facts.questions >= 1 and 0 < facts.train_median < facts.truth_median
+
+
+def test_verdicts_follow_the_numbers():
+    base = {"n_datasets": 3, "tkft_ratio_max_full": 0.7, "tkft_ratio_min_full": 0.5, "dsa_below_tkft_lower_full": 0,
+            "dsa_below_tkft_runs_full": 60, "best_llm_beats_mnl_datasets_full": 1, "best_llm_vs_mnl_full": 1.001,
+            "best_llm_full": "EB-TKFT", "zero_shot_ratio_min_full": 1.2}
+    v = findings.verdicts(base)
+    assert v["tkft_vs_ts"].startswith("Fine-tuning beats") and v["dsa_vs_tkft"] == "DSA did not beat TKFT."
+    assert v["llm_vs_stat"].startswith("The best LLM method only matches")
+    assert v["best_llm_gloss"] == "shrinkage toward the fine-tuned model" and v["best_llm_vs_mnl"] == "0.1% above"
+    assert "worse than TS on every dataset" in v["zero_shot"]
+    v = findings.verdicts({**base, "tkft_ratio_max_full": 1.2, "dsa_below_tkft_lower_full": 40,
+                           "best_llm_beats_mnl_datasets_full": 0, "best_llm_vs_mnl_full": 0.9,
+                           "zero_shot_ratio_min_full": 0.8})
+    assert v["tkft_vs_ts"].endswith("some datasets only.") and v["dsa_vs_tkft"] == "DSA beat TKFT in 40 of 60 runs."
+    assert v["llm_vs_stat"] == "No LLM method beat the statistical models." and v["best_llm_vs_mnl"] == "10.0% below"
+    assert "beats TS on some datasets" in v["zero_shot"]
+    v = findings.verdicts({**base, "dsa_below_tkft_lower_full": 5, "best_llm_beats_mnl_datasets_full": 3})
+    assert v["dsa_vs_tkft"] == "DSA beat TKFT in only 5 of 60 runs." and "every dataset" in v["llm_vs_stat"]
+    with pytest.raises(DsaError, match="lack"):
+        findings.verdicts({}, "heldout")
