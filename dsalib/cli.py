@@ -6,6 +6,7 @@
                     [--set key=value ...] [--name NAME] [--output-dir DIR] [--out-notebook PATH]
     dsa describe <dataset|spec.yaml> [--data-dir DIR] [--question Q] [--background a,b] [--max-rows N]
     dsa check-spec <spec.yaml> --data <file.csv|folder>
+    dsa grid <params.yaml> [--cluster slurm|local|debug] [--resources FILE] [--dry-run] [--wait]
     dsa list
 
 ``dsa run`` executes ``notebooks/<study>.ipynb`` with papermill's Python API
@@ -508,6 +509,53 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+def cmd_grid(args) -> int:
+    """Submit an Enhancement parameter file as job arrays (dsalib.grid): GPU jobs per question, a CPU array."""
+    from . import config, grid
+
+    params_file = args.params.expanduser().resolve()
+    params = _read_params_file(params_file)
+    params.pop("output_dir", None)  # the grid writes only into the shared stores
+    params.update(parse_set(args.set or []))
+    if args.data_dir is not None:
+        params["data_dir"] = str(args.data_dir.expanduser().resolve())
+    try:
+        cfg = config.from_params("enhancement", params)
+    except DsaError as exc:
+        raise UsageError(f"--params {params_file}: {exc}") from None
+    resources: dict = {}
+    if args.resources is not None:
+        path = args.resources.expanduser()
+        if not path.is_file():
+            raise UsageError(f"--resources {args.resources}: no such file")
+        resources = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        extra = sorted(set(resources) - {"gpu", "cpu"}) if isinstance(resources, dict) else ["(not a mapping)"]
+        if extra:
+            raise UsageError(f"--resources {args.resources}: top-level keys must be 'gpu' and 'cpu' "
+                             f"(submitit executor parameters of each array), got {extra}; see configs/slurm/example.yaml")
+    units = grid.plan(cfg)  # loads the data: a bad dataset or question fails here, before anything is submitted
+    store_root = cfg.store_root or "cache/runs"
+    print(f"dsa grid {_show(params_file)}: {len(units)} jobs "
+          f"({sum(u.kind == 'gpu' for u in units)} GPU, {sum(u.kind == 'cpu' for u in units)} CPU), "
+          f"modes {cfg.modes}, stores under {store_root}", flush=True)
+    for u in units:
+        print(f"  {u.name}: {', '.join(u.methods)}{' + floor' if u.floor else ''} x seeds {cfg.seeds}")
+    if args.dry_run:
+        return EXIT_OK
+    folder = args.folder or (RUNS / "grid" / params_file.stem)
+    jobs = grid.submit(cfg, folder=folder, cluster=args.cluster, gpu_parameters=resources.get("gpu"),
+                       cpu_parameters=resources.get("cpu"), units=units)
+    for u, job in zip([u for k in ("cpu", "gpu") for u in units if u.kind == k], jobs):
+        print(f"  submitted {u.name} as job {job.job_id}", flush=True)
+    print(f"  logs in {_show(Path(folder))}", flush=True)
+    if args.wait:
+        results = grid.wait(jobs)
+        for r in results:
+            print(f"  {r['unit']}: {r['computed']} result(s) computed", flush=True)
+        print(f"dsa grid: done, {sum(r['computed'] for r in results)} result(s) computed", flush=True)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------
@@ -519,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distribution Shift Alignment toolkit: run a study notebook, describe a dataset, check a survey spec.",
         epilog="Exit codes: 0 ok, 2 bad arguments (nothing was run), 1 the run or the check failed. "
                "See README.md, section 'Command line'.")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{run,describe,check-spec,list}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{run,describe,check-spec,grid,list}")
 
     run = sub.add_parser("run", help="run a study notebook (notebooks/<study>.ipynb) with progress in the terminal",
                          description="Run notebooks/<study>.ipynb through papermill, streaming its output. Every "
@@ -554,6 +602,23 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("spec", help="the spec file (.yaml)")
     chk.add_argument("--data", type=Path, required=True, metavar="FILE", help="the data file (or the folder that holds it)")
     chk.set_defaults(func=cmd_check_spec)
+
+    grd = sub.add_parser("grid", help="submit an Enhancement parameter file as job arrays (Slurm, or local processes)",
+                         description="Cut the parameter file's grid into one GPU job per (dataset, question) with "
+                                     "every seed and LLM method, and one CPU job per question for the statistical "
+                                     "methods and the noise floor (submitit job arrays). All jobs write into the "
+                                     "shared result stores; resubmitting computes nothing that is finished.")
+    grd.add_argument("params", type=Path, help="an Enhancement parameter file, e.g. params/paper/enhancement-ess11-qwen3-4b.yaml")
+    grd.add_argument("--cluster", choices=["slurm", "local", "debug"], default="slurm",
+                     help="slurm: job arrays; local: processes on this machine; debug: in this process (default slurm)")
+    grd.add_argument("--resources", type=Path, metavar="FILE",
+                     help="YAML with 'gpu' and 'cpu' submitit parameters (see configs/slurm/example.yaml)")
+    grd.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (value parsed as YAML)")
+    grd.add_argument("--data-dir", type=Path, metavar="DIR", help="the folder with the archive file")
+    grd.add_argument("--folder", type=Path, metavar="DIR", help="submitit's logs (default runs/grid/<params name>)")
+    grd.add_argument("--dry-run", action="store_true", help="print the jobs and submit nothing")
+    grd.add_argument("--wait", action="store_true", help="wait for every job and print what each computed")
+    grd.set_defaults(func=cmd_grid)
 
     lst = sub.add_parser("list", help="list the studies, their parameter files and the datasets")
     lst.set_defaults(func=cmd_list)

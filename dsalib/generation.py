@@ -259,15 +259,9 @@ class MultiQuestionFineTuned(FineTuned):
             raise DsaError(f"question '{question}' has {cq.n_options} options; the model was trained on "
                            f"{self.train.n_options}-option questions")
         keys = np.asarray(keys, dtype=np.int64).reshape(-1, len(self.attributes))
-        om, initial = self.lm.option_model(cq.n_options, self.strategy)
-        om.load_state_dict(self._state)
-        try:
-            om.prepare(prompts.build_prompts(self.survey, question, keys, self.attributes, template=self.template,
-                                             labels=self.lm.labels, answer_suffix=self.lm.answer_suffix))
-            out = om.predict().double().cpu().numpy()
-        finally:
-            om.load_state_dict(initial)
-        return out / out.sum(axis=1, keepdims=True)
+        return self._predict_prompts(prompts.build_prompts(self.survey, question, keys, self.attributes,
+                                                           template=self.template, labels=self.lm.labels,
+                                                           answer_suffix=self.lm.answer_suffix))
 
 
 def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) -> MultiQuestionFineTuned:
@@ -440,7 +434,7 @@ def run_generation(cfg: GenerationConfig, lm=None, store_root: str | Path = DEFA
             if name in ("TKFT", "DSA"):
                 ft = fine_tuned(name, lm, survey, cfg, seed).fit_questions(split.train)
                 rep = ft.report
-                extra.update(phase1_epochs=int(rep["phase1"]["epochs"]), phase2_kept=rep.get("phase2_kept"),
+                extra.update(phase1_epochs=int(rep["phase1"]["epochs"]), phase2_outcome=(rep.get("phase2") or {}).get("outcome"),
                              phase2_pairs=(rep.get("phase2") or {}).get("pairs"), train_prompts=int(ft.train.n_subgroups))
                 return Fitted(lambda t: ft.predict_question(t.table.question, t.table.keys), extra, ft)
             return Fitted(lambda t: reference_predict(name, split, t.table.meta["split"], t.table.question,

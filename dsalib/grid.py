@@ -48,6 +48,7 @@ class Unit:
     question: str
     kind: str
     methods: tuple[str, ...]
+    floor: bool = True  # whether this unit computes the noise floor (the CPU unit, or a GPU unit without one)
 
     @property
     def name(self) -> str:
@@ -65,8 +66,9 @@ def plan(cfg, questions: Sequence[str] | None = None) -> list[Unit]:
     """The units of one Enhancement configuration (:class:`dsalib.experiments.EnhancementConfig`).
 
     Every question of ``cfg`` (or of the dataset) gets a CPU unit (its
-    statistical methods and the noise floor) and, when ``cfg`` has methods that
-    need the model, a GPU unit.  The dataset is loaded once to resolve the
+    statistical methods and the noise floor) when ``cfg`` has statistical
+    methods, and a GPU unit when it has methods that need the model (the GPU
+    unit computes the floor when there is no CPU unit).  The dataset is loaded once to resolve the
     questions, so a bad dataset or question fails here, before anything is
     submitted.
     """
@@ -74,33 +76,38 @@ def plan(cfg, questions: Sequence[str] | None = None) -> list[Unit]:
 
     gpu, cpu = split_methods(cfg.methods)
     if questions is None:
-        survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+        survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
+                                     background=cfg.background)
         questions = surveys.iter_questions(survey, cfg.questions)
     units = []
     for q in questions:
-        units.append(Unit(cfg.dataset, q, "cpu", cpu))
+        if cpu:
+            units.append(Unit(cfg.dataset, q, "cpu", cpu))
         if gpu:
-            units.append(Unit(cfg.dataset, q, "gpu", gpu))
+            units.append(Unit(cfg.dataset, q, "gpu", gpu, floor=not cpu))
     return units
 
 
 def unit_config(cfg, unit: Unit):
     """``cfg`` restricted to one unit: its question and its methods."""
-    return dataclasses.replace(cfg, questions=(unit.question,), methods=unit.methods)
+    return dataclasses.replace(cfg, questions=[unit.question], methods=list(unit.methods))
 
 
-def run_unit(cfg, unit: Unit, modes: Sequence[str], store_root: str | Path, lm_kwargs: Mapping | None = None) -> dict:
+def run_unit(cfg, unit: Unit, modes: Sequence[str] | None = None, store_root: str | Path | None = None,
+             lm_kwargs: Mapping | None = None) -> dict:
     """Run one unit into the shared stores; returns how many results it computed.
 
-    A CPU unit also computes the noise floor; a GPU unit does not (so the two
-    arrays never write the same key).  Results already in the store are skipped.
+    The unit with ``floor`` also computes the noise floor (one unit per
+    question has it, so the two arrays never write the same key).  Results already in the store are skipped.
     """
     from . import experiments
     from .results import ResultStore
 
+    modes = list(modes if modes is not None else cfg.modes)
+    store_root = store_root if store_root is not None else (cfg.store_root or experiments.DEFAULT_STORE_ROOT)
     sub = unit_config(cfg, unit)
     stores = [ResultStore(experiments.store_dir_for(sub, m, store_root)) for m in modes]
-    mine = set(unit.methods) | ({"floor"} if unit.kind == "cpu" else set())
+    mine = set(unit.methods) | ({"floor"} if unit.floor else set())
 
     def count() -> int:  # this unit's records only: other jobs write into the same stores meanwhile
         return sum(k.get("question") == unit.question and k.get("method") in mine for s in stores for k in s.keys())
@@ -110,8 +117,8 @@ def run_unit(cfg, unit: Unit, modes: Sequence[str], store_root: str | Path, lm_k
     if unit.kind == "gpu":
         from .llm_methods import LanguageModel
 
-        lm = LanguageModel.load(cfg.model, **dict(lm_kwargs or {}))
-    experiments.run_enhancement(sub, lm=lm, modes=list(modes), store_root=store_root, floor=unit.kind == "cpu")
+        lm = LanguageModel.load(cfg.model, **{"prefix_cache_dir": cfg.prefix_cache, **dict(lm_kwargs or {})})
+    experiments.run_enhancement(sub, lm=lm, modes=list(modes), store_root=store_root, floor=unit.floor)
     return {"unit": unit.name, "computed": count() - before}
 
 
@@ -130,17 +137,24 @@ def make_executor(kind: str, cluster: str, folder: str | Path, parameters: Mappi
     return executor
 
 
-def submit(cfg, modes: Sequence[str], store_root: str | Path, folder: str | Path, cluster: str = "slurm",
-           gpu_parameters: Mapping | None = None, cpu_parameters: Mapping | None = None,
-           lm_kwargs: Mapping | None = None, units: Sequence[Unit] | None = None) -> list:
+def submit(cfg, folder: str | Path, cluster: str = "slurm", gpu_parameters: Mapping | None = None,
+           cpu_parameters: Mapping | None = None, modes: Sequence[str] | None = None,
+           store_root: str | Path | None = None, lm_kwargs: Mapping | None = None,
+           units: Sequence[Unit] | None = None) -> list:
     """Submit the grid of ``cfg`` as a CPU array and a GPU array; returns the submitit jobs.
+
+    ``modes`` and ``store_root`` default to the configuration's (``cfg.modes``,
+    ``cfg.store_root``); ``folder`` holds submitit's logs and pickles.
 
     ``gpu_parameters`` / ``cpu_parameters`` are submitit's executor parameters
     (``slurm_partition``, ``timeout_min``, ``gpus_per_node``, ``cpus_per_task``,
     ``mem_gb``, ``slurm_array_parallelism``, ``slurm_additional_parameters``, ...).
     """
+    from .experiments import DEFAULT_STORE_ROOT
+
     units = list(units if units is not None else plan(cfg))
-    modes = list(dict.fromkeys(modes))
+    modes = list(dict.fromkeys(modes if modes is not None else cfg.modes))
+    store_root = str(store_root if store_root is not None else (cfg.store_root or DEFAULT_STORE_ROOT))
     if not modes:
         raise ParameterError("modes must name at least one truth mode")
     jobs = []
@@ -150,7 +164,7 @@ def submit(cfg, modes: Sequence[str], store_root: str | Path, folder: str | Path
             continue
         executor = make_executor(kind, cluster, folder, params)
         n = len(mine)
-        jobs += executor.map_array(run_unit, [cfg] * n, mine, [modes] * n, [str(store_root)] * n,
+        jobs += executor.map_array(run_unit, [cfg] * n, mine, [modes] * n, [store_root] * n,
                                    [dict(lm_kwargs or {})] * n)
     return jobs
 

@@ -165,7 +165,7 @@ for _, row in phase.iterrows():
     glue(f"abl_{dataset}_{row.truth_mode}_phase_{row.method}_wd", float(row.wd_scaled_mean), display=False)
 for _, row in diff.iterrows():
     glue(f"abl_{dataset}_{row.truth_mode}_phase_diff_{row.metric}", float(row.mean_diff), display=False)
-glue(f"abl_{dataset}_phase2_kept_share", float(reports.phase2_kept.astype(float).mean()), display=False)
+glue(f"abl_{dataset}_phase2_kept_share", float((reports.phase2_outcome == "run").mean()), display=False)
 glue(f"abl_{dataset}_phase2_pairs_mean", float(reports.phase2_pairs.mean()), display=False)
 glue(f"abl_{dataset}_phase_table", phase.set_index(["truth_mode", "method"]).round(4), display=False)
 

@@ -167,8 +167,8 @@ ft = res[res.method.isin(["TKFT", "DSA"])].drop_duplicates("method").set_index("
 for m, row in ft.iterrows():
     glue(f"{key}_{m}_epochs", int(row["phase1_epochs"]), display=False)
 if "DSA" in ft.index:
-    glue(f"{key}_DSA_phase2_kept", str(bool(ft.loc["DSA", "phase2_kept"])), display=False)
-display(ft[[c for c in ["phase1_epochs", "phase2_kept", "phase2_pairs", "train_prompts", "fit_seconds"] if c in ft]])
+    glue(f"{key}_DSA_phase2_kept", str(ft.loc["DSA", "phase2_outcome"] == "run"), display=False)
+display(ft[[c for c in ["phase1_epochs", "phase2_outcome", "phase2_pairs", "train_prompts", "fit_seconds"] if c in ft]])
 
 # %%
 per_q = res.pivot_table(index=["split", "question"], columns="method", values="jsd_mean")
