@@ -14,6 +14,7 @@ study                  configuration
 ``robustness``         :class:`RobustnessConfig`
 ``ablations``          :class:`AblationsConfig`
 ``theorem``            :class:`TheoremConfig`
+``summary``            :class:`SummaryConfig`
 =====================  ===============================
 
 One function builds and checks a configuration from whatever gave the
@@ -618,10 +619,30 @@ class Phase2CheckConfig(StudyConfig):
         check_params(self.to_params())
 
 
+@dataclass
+class SummaryConfig(StudyConfig):
+    """The summary (``notebooks/summary.ipynb``): reads the committed Enhancement, robustness and data-efficiency
+    tables and the paper's Table 1 (:mod:`dsalib.findings`); runs no experiment."""
+
+    study: typing.ClassVar[str] = "summary"
+    enhancement_dir: str = _param("outputs/enhancement", doc="Enhancement runs: <dir>/<dataset>/results.csv")
+    robustness_dir: str = _param("outputs/robustness", doc="better-than-TS shares: <dir>/<dataset>/better_than_ts.csv")
+    data_efficiency_dir: str = _param("outputs/data_efficiency",
+                                      doc="data savings: <dir>/<dataset>/equivalent_sizes.csv")
+    datasets: list[str] | None = _param(None, doc="run folders to read; None means every folder with a results.csv",
+                                         nonempty=True, distinct=True)
+    metric: str = _param("jsd_mean", doc="error measure of the ratios", choices=("jsd_mean", "wd_scaled_mean"))
+    paper_table: str = _param("book/_data/paper_table1_enhancement_jsd.csv",
+                              doc="the paper's Table 1 in the same measure as metric")
+    paper_llms: list[str] = _param(["Qwen3-4B", "Qwen3-32B", "Llama3-8B"], doc="the paper's LLMs shown beside ours",
+                                   nonempty=True, distinct=True)
+    output_dir: str | None = _param(None, doc="where the tables go; None means runs/summary/default/")
+
+
 #: Every study's configuration class, by notebook name.
 STUDIES: dict[str, type[StudyConfig]] = {c.study: c for c in (
     EnhancementConfig, GenerationConfig, DataEfficiencyConfig, UnseenBackgroundsConfig, RobustnessConfig,
-    AblationsConfig, TheoremConfig, Phase2CheckConfig)}
+    AblationsConfig, TheoremConfig, Phase2CheckConfig, SummaryConfig)}
 
 
 def config_class(study: str) -> type[StudyConfig]:

@@ -338,7 +338,7 @@ class OptionModel(nn.Module):
 
     @torch.no_grad()
     def _compute_prefix(self, rows: list[int], progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from .progress import bar as tqdm
 
         if not rows:
             return
@@ -597,7 +597,7 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise EngineError(f"epochs must be a whole number ≥ 0, got {epochs!r}")

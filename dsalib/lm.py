@@ -702,7 +702,7 @@ def option_probs(model, tokenizer, prompts: Sequence[str], rule: OptionRule,
     suffix or does not fit the context, :class:`LabelTokenError` for labels the
     rule cannot read, and :class:`NonFiniteLogitsError` for NaN/inf logits.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar as tqdm
 
     options = rule.resolve(tokenizer)
     ids = encode_prompts(tokenizer, prompts, rule, model=model)

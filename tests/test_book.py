@@ -8,12 +8,19 @@ and its pages work in a real browser with no network.
   reference; this test fails, naming the runs, while any page shows one.
 - ``test_pages_are_self_contained``: no page loads a script, style sheet or image from the
   network (the static check; the browser test checks actual requests).
-- ``test_pages_in_headless_chromium``: every page loads in headless Chromium with all host
-  names unresolvable; every request is to a local file; figures are decoded; maths is
+- ``test_pages_in_headless_chromium``: every page loads in headless Chromium (1400 px wide) with
+  all host names unresolvable; every request is to a local file; figures are decoded; maths is
   typeset by the local MathJax; internal links and their anchors resolve.  A screenshot of
   every page goes to ``test-artifacts/book/``.  Skips, with the reason, when ``chromium`` or
   ``chromedriver`` is not installed (Debian: ``apt-get install chromium chromium-driver``;
   ``$CHROME_BIN`` and ``$CHROMEDRIVER`` override the look-up).
+- ``test_nothing_wider_than_the_content_column`` (browser): no element sticks out of the article
+  column unless it sits in a box that scrolls sideways.
+- ``test_figures_are_at_least_500_px_wide`` (browser): every figure is rendered at least 500 px wide.
+- ``test_no_raw_values_on_any_page``: no "NaN", ``PosixPath(`` or ``TqdmWarning`` in any page's text.
+- ``test_no_duplicate_sidebar_titles``: every sidebar entry has its own title.
+- ``test_front_page_leads_with_the_findings``: the front page opens with the glued "What we found"
+  box and the headline figure.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ CHROME_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
     "--disable-sync", "--no-first-run", "--metrics-recording-only",
     '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost',
-    "--window-size=1280,1600",
+    "--window-size=1400,1600",
 ]
 LOCAL_SCHEMES = {"file", "data", "about", "blob", "chrome", "devtools"}
 
@@ -177,8 +184,50 @@ def _chrome_paths() -> tuple[str | None, str | None]:
     return browser, driver
 
 
-@pytest.mark.slow
-def test_pages_in_headless_chromium(built):
+#: Text that must never appear on a page: a missing value, a raw Path repr, a progress-bar warning.
+FORBIDDEN_TEXT = {"NaN": r"\bNaN\b", "PosixPath": r"PosixPath\(", "TqdmWarning": r"TqdmWarning"}
+#: Window width of the browser checks (the issue's reading width) and the smallest figure on a page.
+WINDOW_WIDTH = 1400
+MIN_FIGURE_PX = 500
+
+# Elements in the article wider than the article, not inside a box that scrolls sideways
+# (outermost offenders only).
+_OVERFLOW_JS = """
+const art = document.querySelector('article.bd-article') || document.querySelector('main');
+if (!art) return ['no article element'];
+const ar = art.getBoundingClientRect();
+const scrolls = el => { const o = getComputedStyle(el).overflowX; return o === 'auto' || o === 'scroll'; };
+const out = [];
+const bad = new Set();
+for (const el of art.querySelectorAll('*')) {
+  const r = el.getBoundingClientRect();
+  if (r.width === 0 || r.height === 0) continue;
+  if (r.right <= ar.right + 2 && r.left >= ar.left - 2) continue;
+  let p = el.parentElement, inside = false;
+  while (p && p !== art) { if (scrolls(p) || bad.has(p)) { inside = true; break; } p = p.parentElement; }
+  if (inside) continue;
+  bad.add(el);
+  const text = (el.textContent || '').trim().slice(0, 60).replace(/\\s+/g, ' ');
+  out.push(`${el.tagName.toLowerCase()}${el.className ? '.' + String(el.className).split(' ')[0] : ''} `
+           + `${Math.round(r.width)} px > column ${Math.round(ar.width)} px: "${text}"`);
+}
+return out;
+"""
+# Figures in the article narrower than MIN_FIGURE_PX as rendered (icons and logos are outside the article).
+_FIGURES_JS = """
+const art = document.querySelector('article.bd-article') || document.querySelector('main');
+return Array.from(art ? art.querySelectorAll('img') : []).map(i => [i.getAttribute('src'),
+  Math.round(i.getBoundingClientRect().width), i.naturalWidth]);
+"""
+
+
+@pytest.fixture(scope="module")
+def browsed(built) -> dict:
+    """Every page loaded once in headless Chromium at WINDOW_WIDTH px, with all host names unresolvable.
+
+    Returns ``{"problems": [...], "overflow": {page: [...]}, "figures": {page: [(src, px, natural px)]}}`` and
+    saves a full-page screenshot of every page in ``test-artifacts/book/``.
+    """
     browser, driver = _chrome_paths()
     if not browser or not driver:
         pytest.skip("headless browser test needs chromium and chromedriver on PATH "
@@ -199,8 +248,21 @@ def test_pages_in_headless_chromium(built):
     drv = webdriver.Chrome(service=Service(driver), options=opts)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
+    overflow: dict[str, list] = {}
+    figures: dict[str, list] = {}
     try:
         drv.set_page_load_timeout(60)
+        drv.set_window_size(WINDOW_WIDTH, 1600)
+        # The overflow check finds a wide element, and accepts it inside a box that scrolls.
+        probe = ARTIFACTS / "_overflow_probe.html"
+        probe.write_text('<html><body><main><article class="bd-article" style="width:600px">'
+                         '<div id="wide" style="width:2000px">x</div>'
+                         '<div style="overflow-x:auto"><div style="width:2000px">y</div></div>'
+                         '</article></main></body></html>', encoding="utf-8")
+        drv.get(probe.as_uri())
+        found = drv.execute_script(_OVERFLOW_JS)
+        probe.unlink()
+        assert len(found) == 1 and found[0].startswith("div 2000 px"), f"overflow check is broken: {found}"
         for page in pages:
             rel = page.relative_to(html).as_posix()
             drv.get(page.as_uri())
@@ -243,14 +305,24 @@ def test_pages_in_headless_chromium(built):
             for entry in drv.get_log("browser"):
                 if entry.get("level") == "SEVERE":
                     problems.append(f"{rel}: console error: {entry.get('message')}")
+            overflow[rel] = drv.execute_script(_OVERFLOW_JS)
+            figures[rel] = drv.execute_script(_FIGURES_JS)
             # Screenshot of the whole page.
             height = drv.execute_script("return Math.min(document.documentElement.scrollHeight, 12000)")
-            drv.set_window_size(1280, max(800, int(height)))
+            drv.set_window_size(WINDOW_WIDTH, max(800, int(height)))
             drv.save_screenshot(str(ARTIFACTS / (rel.replace("/", "__").removesuffix(".html") + ".png")))
-            drv.set_window_size(1280, 1600)
+            drv.set_window_size(WINDOW_WIDTH, 1600)
     finally:
         drv.quit()
+    return {"problems": problems, "overflow": overflow, "figures": figures, "pages": pages}
 
+
+@pytest.mark.slow
+def test_pages_in_headless_chromium(built, browsed):
+    """Pages load, maths is typeset, images decode, nothing leaves the machine, internal links resolve."""
+    html = built["html"]
+    problems = list(browsed["problems"])
+    pages = browsed["pages"]
     # Internal links: the target file exists and so does the anchor.
     ids: dict[Path, set[str]] = {}
     for page in pages:
@@ -270,3 +342,85 @@ def test_pages_in_headless_chromium(built):
                 if unquote(frag) not in ids[target]:
                     problems.append(f"{page.relative_to(html)}: link {href} names a missing anchor")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_nothing_wider_than_the_content_column(browsed):
+    """At a 1400 px window no element sticks out of the article column (wide tables and code must scroll or wrap)."""
+    bad = {page: items for page, items in browsed["overflow"].items() if items}
+    assert not bad, "elements wider than the content column:\n" + "\n".join(
+        f"{page}: {len(items)}: " + "; ".join(items[:3]) for page, items in sorted(bad.items()))
+
+
+@pytest.mark.slow
+def test_figures_are_at_least_500_px_wide(browsed):
+    """Every figure in a page's article is shown at least MIN_FIGURE_PX px wide (no shrunken plots)."""
+    bad = {page: [f"{src} {w} px (natural {nat} px)" for src, w, nat in figs if w < MIN_FIGURE_PX]
+           for page, figs in browsed["figures"].items()}
+    bad = {p: v for p, v in bad.items() if v}
+    assert not bad, f"figures narrower than {MIN_FIGURE_PX} px:\n" + "\n".join(
+        f"{page}: " + "; ".join(v) for page, v in sorted(bad.items()))
+
+
+def test_no_raw_values_on_any_page(built):
+    """No page shows "NaN", a ``PosixPath(...)`` repr or a ``TqdmWarning`` (tables go through dsalib.report)."""
+    assert built["proc"].returncode == 0
+    found = []
+    for page in _html_pages(built["html"]):
+        text = _visible_text(page)
+        for name, pattern in FORBIDDEN_TEXT.items():
+            n = len(re.findall(pattern, text))
+            if n:
+                found.append(f"{page.relative_to(built['html'])}: {name} ×{n}")
+    assert not found, "raw values on pages:\n" + "\n".join(found)
+
+
+class _Sidebar(HTMLParser):
+    """Link texts of the primary sidebar's table of contents."""
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.in_link, self.titles, self._buf = 0, False, [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if self.depth:
+            self.depth += tag not in ("br", "img", "input", "meta", "link", "hr")
+            if tag == "a":
+                self.in_link, self._buf = True, []
+        elif tag == "nav" and "bd-docs-nav" in (a.get("class") or ""):
+            self.depth = 1
+
+    def handle_endtag(self, tag):
+        if not self.depth:
+            return
+        if tag == "a" and self.in_link:
+            self.titles.append(" ".join("".join(self._buf).split()))
+            self.in_link = False
+        self.depth -= 1
+
+    def handle_data(self, data):
+        if self.in_link:
+            self._buf.append(data)
+
+
+def test_no_duplicate_sidebar_titles(built):
+    """Every entry of the sidebar has its own title (executed notebooks of one study name their run)."""
+    assert built["proc"].returncode == 0
+    sidebar = _Sidebar()
+    sidebar.feed((built["html"] / "intro.html").read_text(encoding="utf-8"))
+    assert len(sidebar.titles) >= len(REQUIRED_PAGES) - 1, f"sidebar not found: {sidebar.titles}"
+    dupes = sorted({t for t in sidebar.titles if sidebar.titles.count(t) > 1})
+    assert not dupes, "sidebar titles used more than once:\n" + "\n".join(dupes)
+
+
+def test_front_page_leads_with_the_findings(built):
+    """The front page opens with the "What we found" box, filled from the summary notebook, and its figure."""
+    assert built["proc"].returncode == 0
+    page = (built["html"] / "intro.html").read_text(encoding="utf-8")
+    intro = page[page.index("<article"):]  # the page's own content, after the sidebars
+    box = intro.find("What we found")
+    assert box != -1, "no 'What we found' box on the front page"
+    assert box < intro.find('id="two-tasks"'), "the findings box is not at the top of the front page"
+    assert intro.count('class="pasted-text"') >= 15, "the findings box is not glued from outputs/summary"
+    assert re.search(r'<img [^>]*src="_images/[0-9a-f]{64}\.png"', intro), "no headline figure on the front page"

@@ -5,8 +5,8 @@ import pytest
 from dsalib import config, notebook_params
 from dsalib.errors import ParameterError
 
-STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "phase2_check", "robustness", "theorem",
-           "unseen_backgrounds"]
+STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "phase2_check", "robustness", "summary",
+           "theorem", "unseen_backgrounds"]
 
 
 def test_every_study_has_a_configuration():

@@ -22,7 +22,12 @@
     One row per executed reference notebook ``outputs/<study>/<name>.ipynb``: when it
     ran and for how long (``outputs/run_times.csv`` written by ``scripts/run_outputs.py``,
     with its CPU count and machine; else papermill's record in the notebook), and from
-    its ``metadata.json`` the code commit, Python, platform and key package versions.
+    its ``metadata.json`` the code commit and whether the tree had uncommitted changes (the run's
+    ``dirty`` flag, not ``git describe``, which also counts regenerated outputs), Python, platform
+    and key package versions; above the table, the sum of the recorded wall times.
+
+Executed notebooks of one study share a title; the ``env-updated`` hook adds the run name to
+each such title, so the sidebar lists "Enhancement ... (ess9)", "... (ess10no)" apart.
 
 All of them emit MyST Markdown that is parsed in place, and record the files they read as
 dependencies, so an incremental build notices a changed spec or a new run.
@@ -82,9 +87,10 @@ class DatasetSpecs(SphinxDirective):
                     what = (f"**Archive file** (register and download it yourself, then put it in "
                             f"`data/` or `$DSA_DATA_DIR`): {pats}. Where: {src.get('archive', 'not stated')}.")
                 lines.append(f"- {what}")
-                if src.get("description"):
-                    lines.append(f"  {src['description']}")
-                if src.get("weight"):
+                desc = str(src.get("description") or "").strip()
+                if desc:
+                    lines.append(f"  {desc}" + ("" if desc.endswith((".", "!", "?")) else "."))
+                if src.get("weight") and str(src["weight"]) not in desc:  # say it once
                     lines.append(f"  Respondent weight: `{src['weight']}`.")
                 if src.get("core"):
                     lines.append(f"  Core questions in this source: {', '.join(f'`{c}`' for c in src['core'])}.")
@@ -189,7 +195,7 @@ class RunEnvironment(SphinxDirective):
             with times_path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     times[(row.get("study"), row.get("name"))] = row
-        rows, pkgs = [], {}
+        rows, pkgs, systems, total_s = [], {}, {}, 0.0
         for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
             if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
                 continue
@@ -201,9 +207,9 @@ class RunEnvironment(SphinxDirective):
             if meta_path.exists():
                 self.env.note_dependency(str(meta_path))
             cv = meta.get("code_version", {})
-            commit = cv.get("describe", "")
-            if cv.get("dirty"):
-                commit += " (uncommitted changes)"
+            # the commit and the run's own dirty flag (git describe's "-dirty" also counts regenerated outputs/)
+            commit = str(cv.get("commit", ""))[:7]
+            dirty = {True: "yes", False: "no"}.get(cv.get("dirty"), "not recorded")
             t = times.get((study, run), {})
             if t.get("seconds"):
                 dur_s = f"{float(t['seconds']):,.0f} s"
@@ -215,13 +221,23 @@ class RunEnvironment(SphinxDirective):
             machine = " ".join(x for x in [f"{t['cpus']} CPUs" if t.get("cpus") else "", t.get("machine", "")] if x)
             for k, v in meta.get("packages", {}).items():
                 pkgs.setdefault(k, set()).add(str(v))
+            if t.get("seconds"):
+                total_s += float(t["seconds"])
+            for key in ("python", "platform"):
+                if meta.get(key):
+                    systems.setdefault(key, set()).add(str(meta[key]))
             rows.append(f"| {study} | {run} | {started} | {dur_s} | {_cell(machine) or 'not recorded'} "
-                        f"| `{_cell(commit) or 'not recorded'}` | {_cell(meta.get('python', ''))} "
-                        f"| {_cell(meta.get('platform', ''))} |")
+                        f"| `{_cell(commit) or 'not recorded'}` | {dirty} |")
         if not rows:
             return _parse(self, "No executed reference notebook is in `outputs/` yet.")
-        text = ["| study | run | started (UTC) | wall time | machine | code | Python | platform |",
-                "|---|---|---|---|---|---|---|---|", *rows, "",
+        total = (f"The wall times in `outputs/run_times.csv` add up to {total_s / 60:,.0f} min "
+                 f"({total_s:,.0f} s).") if total_s else "No wall times are recorded in `outputs/run_times.csv`."
+        system = "; ".join(f"{'Python' if k == 'python' else 'platform'} {', '.join(f'`{v}`' for v in sorted(vals))}"
+                           for k, vals in sorted(systems.items()))
+        text = [total, "",
+                "| study | run | started (UTC) | wall time | machine | code | uncommitted changes |",
+                "|---|---|---|---|---|---|---|", *rows, "",
+                f"Recorded by the runs: {system or 'no Python or platform recorded'}.", "",
                 "Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|"]
         text += [f"| {k} | {', '.join(sorted(v))} |" for k, v in sorted(pkgs.items())]
@@ -249,7 +265,39 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
         context["default_mode"] = "light"
 
 
+def _distinct_run_titles(app, env):
+    """Executed notebooks of one study share the notebook's title; in the sidebar and page title, add the run
+    name to the title of every executed notebook ``outputs/<study>/<name>`` whose study has several runs."""
+    from collections import defaultdict
+
+    runs = defaultdict(list)
+    for doc in env.titles:
+        parts = doc.split("/")
+        if len(parts) == 3 and parts[0] == "outputs":
+            runs[parts[1]].append(doc)
+    for docs in runs.values():
+        if len(docs) < 2:
+            continue
+        for doc in docs:
+            name = doc.split("/")[2]
+            title = env.titles[doc].astext()
+            if title.endswith(f"({name})"):
+                continue  # an incremental build kept the changed title
+            new = f"{title} ({name})"
+            node = nodes.title()
+            node += nodes.Text(new)
+            env.titles[doc] = node
+            env.longtitles[doc] = node.deepcopy()
+            # toctrees (the sidebar) take an entry's text from the page's own table of contents
+            toc = env.tocs.get(doc)
+            refs = list(toc.findall(nodes.reference)) if toc is not None else []
+            if refs:
+                refs[0].children = [nodes.Text(new)]
+    return []
+
+
 def setup(app):
+    app.connect("env-updated", _distinct_run_titles)
     app.connect("html-page-context", _dedupe_scripts, priority=100)  # before handlers that return a template
     app.add_directive("run-environment", RunEnvironment)
     app.add_directive("if-output", IfOutput)

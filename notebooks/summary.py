@@ -1,0 +1,228 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (dsa)
+#     language: python
+#     name: dsa
+# ---
+
+# %% [markdown]
+# # Summary: what the Enhancement runs found, across datasets and beside the paper
+#
+# This notebook runs no experiment. It reads the committed Enhancement tables
+# (`outputs/enhancement/<dataset>/results.csv`), the robustness study's
+# better-than-TS shares and the data-efficiency study's savings, and the paper's
+# Table 1 as transcribed in `book/_data/`. Absolute errors here and in the paper
+# differ by an order of magnitude (model size, data size), so every method's error
+# is shown as a ratio to the training sample's (`TS`) in the same dataset and truth
+# mode, beside the noise floor's ratio. All logic is in `dsalib.findings` and
+# `dsalib.report`; the book's front page and comparison page glue from here.
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+from IPython.display import display
+from myst_nb import glue
+
+from dsalib import config, findings, report, results, study
+
+results.use_png_figures()
+report.style()
+_names_before_parameters = set(globals())
+
+# %% tags=["parameters"]
+# Every setting of this summary (dsalib.config.SummaryConfig; papermill overrides them with -f params/summary/<name>.yaml).
+enhancement_dir = "outputs/enhancement"  # Enhancement runs: <dir>/<dataset>/results.csv
+robustness_dir = "outputs/robustness"  # better-than-TS shares: <dir>/<dataset>/better_than_ts.csv
+data_efficiency_dir = "outputs/data_efficiency"  # data savings: <dir>/<dataset>/equivalent_sizes.csv
+datasets = None  # run folders to read; None means every folder with a results.csv
+metric = "jsd_mean"  # error measure of the ratios: jsd_mean or wd_scaled_mean
+paper_table = "book/_data/paper_table1_enhancement_jsd.csv"  # the paper's Table 1 (same measure as metric)
+paper_llms = ["Qwen3-4B", "Qwen3-32B", "Llama3-8B"]  # the paper's LLMs to show beside ours
+output_dir = None  # None means runs/summary/default/ (git-ignored); relative paths are under the repository root
+
+# %%
+cfg = config.from_notebook("summary", globals(), _names_before_parameters)
+params = cfg.to_params()
+runs = findings.load_enhancement(enhancement_dir, datasets)
+paper = findings.paper_ratios(paper_table)
+unknown_llms = sorted(set(paper_llms) - set(paper.llm))
+if unknown_llms:
+    raise ValueError(f"paper_llms {unknown_llms} are not in {paper_table}; it has {sorted(paper.llm.unique())}")
+out = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a temporary folder, swapped in at the end
+prov = results.provenance()
+names = sorted(runs.dataset.unique())
+modes = [m for m in ("full", "heldout") if m in set(runs.truth_mode)]
+
+# %% [markdown]
+# ## Ratios to the training sample
+#
+# For each dataset and truth mode: the method's mean error over questions and seeds,
+# divided by `TS`'s. Below 1 is better than the training sample; the noise floor
+# (`floor`) is about as low as any method can go. The ± is the standard deviation of
+# the ratio over the training samples (seeds).
+
+# %%
+ratios = findings.ratios_to_ts(runs, metric)
+results.write_table(ratios, out / "ratios_to_ts.csv", prov)
+for mode in modes:
+    wide = pd.DataFrame(index=pd.Index(report.method_order(ratios.method), name="method"))
+    for d in names:
+        part = ratios[(ratios.dataset == d) & (ratios.truth_mode == mode)].set_index("method")
+        wide[d] = [report.mean_sd(part.ratio.get(m), part.ratio_sd.get(m)) if m in part.index else np.nan
+                   for m in wide.index]
+    ratio_table = report.table(wide, caption=f"Truth: {report.TRUTH_LABELS[mode]}. Error ({report.column_label(metric)}) "
+                                             f"as a ratio to TS, mean ± s.d. over seeds",
+                               missing="method not run on this dataset")
+    display(ratio_table)
+    glue(f"sum_ratio_table_{mode}", ratio_table, display=False)
+
+# %%
+# largest relative error of a ratio of two values each rounded to 3 decimals (±0.0005)
+rounding = float((0.0005 / paper.error + 0.0005 / paper.ts_error).max())
+paper_wide = paper[paper.llm.isin(paper_llms)].pivot_table(index=["llm", "method"], columns="dataset",
+                                                             values="ratio", sort=False)
+paper_wide = paper_wide[[c for c in paper.dataset.unique()]].reset_index()
+paper_table_fmt = report.table(paper_wide.rename(columns={"llm": "LLM"}),
+                               caption="The paper's Table 1 as ratios to its TS row (computed from the printed values)",
+                               notes=[f"The paper prints three decimals (its TS row: {paper.ts_error.min():.3f}-"
+                                      f"{paper.ts_error.max():.3f}), so a ratio can be off by up to "
+                                      f"{report.format_share(rounding)} from rounding alone."])
+display(paper_table_fmt)
+glue("sum_paper_ratio_table", paper_table_fmt, display=False)
+
+# %% [markdown]
+# ## The headline figure
+
+# %%
+markers = dict(zip(names, ["o", "s", "D", "^", "v", "P"]))
+paper_markers = dict(zip(paper_llms, ["o", "s", "D"]))
+shown = [m for m in report.method_order(ratios.method) if m != "TS"]
+fig, axes = report.figure(1, len(modes), height=5.2, sharey=True)
+for ax, mode in zip(axes[0], modes):
+    y = {m: len(shown) - 1 - i for i, m in enumerate(shown)}
+    offsets = np.linspace(-0.25, 0.25, len(names) + 1)
+    for j, d in enumerate(names):
+        part = ratios[(ratios.dataset == d) & (ratios.truth_mode == mode) & (ratios.method.isin(shown))]
+        ax.scatter(part.ratio, [y[m] + offsets[j] for m in part.method], marker=markers[d],
+                   c=[report.method_color(m) for m in part.method], s=36, edgecolors="black", linewidths=0.4,
+                   label=f"ours: {d}", zorder=3)
+    if mode == "full":  # the paper scores against the full data only
+        for k, llm in enumerate(paper_llms):
+            pp = paper[(paper.llm == llm) & (paper.dataset == "Avg.") & (paper.method.isin(shown))]
+            ax.scatter(pp.ratio, [y[m] + offsets[-1] for m in pp.method], marker=paper_markers[llm],
+                       facecolors="none", edgecolors="black", s=44, linewidths=1.0,
+                       label=f"paper: {llm} (mean of 5 datasets)", zorder=3)
+    ax.axvline(1.0, color="0.3", lw=1, ls="--", label="TS (ratio 1)")
+    ax.set_xscale("log")
+    ax.set_xticks([0.2, 0.3, 0.5, 1, 2, 5, 10, 20], ["0.2", "0.3", "0.5", "1", "2", "5", "10", "20"])
+    ax.minorticks_off()
+    ax.set_yticks(list(y.values()), list(y.keys()))
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+    ax.set_xlabel(f"{report.column_label(metric)} / TS's (log scale)")
+handles = [report.marker_handle(markers[d]) for d in names] + \
+    [report.marker_handle(paper_markers[llm], filled=False) for llm in paper_llms]
+labels = [f"ours, {d}" for d in names] + [f"paper, {llm}" for llm in paper_llms]
+report.legend_outside(fig, where="below", handles=handles, labels=labels, ncol=3)
+report.check_fits_column(fig)
+results.write_figure(fig, out / "headline_ratios.png")
+glue("sum_headline_fig", fig, display=False)
+results.show(fig)
+
+# %% [markdown]
+# ## Numbers for the "What we found" box
+
+# %%
+h = findings.headline(runs, metric)
+results.write_table(pd.DataFrame({"name": list(h), "value": [str(v) for v in h.values()]}), out / "headline.csv", prov)
+for k, v in h.items():
+    glue(f"sum_{k}", v, display=False)
+glue("sum_metric", report.column_label(metric), display=False)
+for mode in modes:
+    for k, v in findings.verdicts(h, mode).items():
+        glue(f"sum_verdict_{k}_{mode}", v, display=False)
+glue("sum_datasets_text", ", ".join(names), display=False)
+for mode in modes:
+    for key in ("best_llm_ratio", "mnl_ratio", "tkft_ratio", "dsa_ratio", "floor_ratio", "best_paper_method_ratio",
+                "tkft_ratio_min", "tkft_ratio_max"):
+        glue(f"sum_{key}_{mode}_text", report.format_number(h[f"{key}_{mode}"], 2), display=False)
+    glue(f"sum_best_llm_vs_mnl_{mode}_pct", report.format_share(h[f"best_llm_vs_mnl_{mode}"] - 1), display=False)
+paper_dsa = paper[(paper.method == "DSA") & (paper.dataset == "Avg.")].set_index("llm").ratio
+paper_tkft = paper[(paper.method == "TKFT") & (paper.dataset == "Avg.")].set_index("llm").ratio
+ts_full = ratios[(ratios.method == "TS") & (ratios.truth_mode == "full")].error
+paper_ts = paper.drop_duplicates("dataset").set_index("dataset").ts_error.drop("Avg.", errors="ignore")
+glue("sum_ts_error_range_full", f"{report.format_number(ts_full.min())}–{report.format_number(ts_full.max())}",
+     display=False)
+glue("sum_paper_ts_error_range", f"{paper_ts.min():.3f}–{paper_ts.max():.3f}", display=False)  # as printed
+glue("sum_paper_dsa_ratio_range", f"{report.format_number(paper_dsa.min(), 2)}–{report.format_number(paper_dsa.max(), 2)}",
+     display=False)
+glue("sum_paper_tkft_ratio_range", f"{report.format_number(paper_tkft.min(), 2)}–{report.format_number(paper_tkft.max(), 2)}",
+     display=False)
+display(report.table(pd.DataFrame({"name": list(h), "value": list(h.values())}), caption="Headline numbers",
+                     max_rows=60))
+
+# %% [markdown]
+# ## Better than TS and data savings at the Enhancement size
+#
+# From the robustness study (share of evaluated subgroups where a method is closer
+# to the truth than `TS`, the paper's Table 3) and the data-efficiency study (the
+# `TS` training size that matches a method's error, the paper's Figure 3), at the
+# same training size as the Enhancement runs.
+
+# %%
+facts = findings.scale_facts(enhancement_dir, datasets)
+results.write_table(facts, out / "scale.csv", prov)
+n_train = int(facts.n.iloc[0])
+better = findings.load_better_than_ts(robustness_dir, train_size=n_train)
+better = better[better.dataset.isin(names)]
+bt = better.pivot_table(index="method", columns=["dataset", "truth_mode"], values="share", sort=False)
+bt.columns = [f"{d}, {report.TRUTH_LABELS[m]}" for d, m in bt.columns]
+bt = bt[[f"{d}, {report.TRUTH_LABELS[m]}" for m in modes for d in names if f"{d}, {report.TRUTH_LABELS[m]}" in bt.columns]]
+better_table = report.table(bt.rename_axis("method").reset_index(), shares=list(bt.columns),
+                            caption=f"Share of evaluated subgroups closer to the truth than TS (n = {n_train})")
+display(better_table)
+glue("sum_better_table", better_table, display=False)
+
+savings = findings.load_data_savings(data_efficiency_dir, n=n_train)
+savings = savings[savings.dataset.isin(names)]
+sv = savings.pivot_table(index="method", columns=["dataset", "truth_mode"], values="saving_shown", aggfunc="first",
+                         sort=False)
+sv.columns = [f"{d}, {report.TRUTH_LABELS[m]}" for d, m in sv.columns]
+sv = sv[[f"{d}, {report.TRUTH_LABELS[m]}" for m in modes for d in names if f"{d}, {report.TRUTH_LABELS[m]}" in sv.columns]]
+sv = sv.drop(index=[m for m in ("TS", "floor") if m in sv.index])
+savings_table = report.table(
+    sv.rename_axis("method").reset_index(), missing="not computed",
+    caption=f"Data saving: share of the n = {n_train} training respondents TS would not need to match the method",
+    notes=["\"> x%\": the method's error is below TS's at every training size of the TS curve's grid, so the "
+           "saving is at least x%. \"none\": the method is worse than TS even at the grid's smallest size."])
+display(savings_table)
+glue("sum_savings_table", savings_table, display=False)
+
+# %% [markdown]
+# ## Scale of these runs
+
+# %%
+scale_table = report.table(facts.rename(columns={"truth_median": "truth respondents per subgroup (median)",
+                                                 "train_median": "training respondents per subgroup (median)",
+                                                 "subgroups": "evaluated subgroups"}),
+                           caption="Size of each Enhancement run")
+display(scale_table)
+glue("sum_scale_table", scale_table, display=False)
+glue("sum_n_train", n_train, display=False)
+glue("sum_model", ", ".join(sorted(facts.model.dropna().unique())), display=False)
+glue("sum_train_median_range",
+     f"{report.format_number(facts.train_median.min())}–{report.format_number(facts.train_median.max())}", display=False)
+glue("sum_respondents_range",
+     f"{facts.respondents.min():,}–{facts.respondents.max():,}", display=False)
+meta = results.write_metadata(out.path, study="summary", params=params)
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
