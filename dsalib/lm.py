@@ -247,11 +247,14 @@ def pinned_device_map(model: torch.nn.Module, device_map: str | dict = "auto",
     for name in (block, norm):
         if device_of(name) != target:
             # split a coarser entry (e.g. "model") into its children, then pin the module
-            for key in [k for k in device_map if k == "" or name.startswith(k + ".")]:
+            coarser = [k for k in device_map if k == "" or name.startswith(k + ".")]
+            while coarser:
+                key = coarser[0]
                 parent = model.get_submodule(key) if key else model
                 dev = device_map.pop(key)
                 for child, _ in parent.named_children():
                     device_map[f"{key}.{child}" if key else child] = dev
+                coarser = [k for k in device_map if k == "" or name.startswith(k + ".")]
             for key in [k for k in device_map if k.startswith(name + ".")]:
                 device_map.pop(key)
             device_map[name] = target
