@@ -7,8 +7,9 @@ prepared prompts, differentiable in the parameters a *strategy* trains:
 - ``"last_layer"`` (paper default): the last transformer block, the final norm
   and the output layer's option rows.  Everything below the last block is
   frozen, so its output never changes: :meth:`OptionModel.prepare` runs the
-  frozen prefix once per prompt and caches the last block's inputs (hidden
-  states and rotary cos/sin, captured with a forward pre-hook).  Each training
+  frozen prefix once per prompt and caches the last block's input hidden states
+  (captured with a forward pre-hook; the rotary cos/sin are recomputed from the
+  positions) in an LRU bounded in bytes, optionally also on disk.  Each training
   step then runs only the last block, and only at the answer position: keys and
   values over the whole prompt, the query, attention output and MLP for the
   last token alone.  The output layer is an untied copy of the option-token rows
@@ -22,8 +23,10 @@ prepared prompts, differentiable in the parameters a *strategy* trains:
   forward each step.
 - ``"full"``: every parameter; full forward each step.
 
-The engine trains ``model`` in place (pass ``copy.deepcopy(model)`` to keep the
-original).  :meth:`OptionModel.export_model` returns a plain model whose
+Trained parameters are fp32 whatever the model's dtype (the frozen prefix keeps
+it); a model sharded by accelerate works as long as the trained parameters are
+resident (see :class:`OptionModel`).  The engine trains ``model`` in place (pass
+``copy.deepcopy(model)`` to keep the original).  :meth:`OptionModel.export_model` returns a plain model whose
 :func:`~dsalib.lm.option_probs` equal the engine's predictions.
 
 :func:`train_loop` runs AdamW over batches of items with a caller's loss; it is
