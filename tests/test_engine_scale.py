@@ -266,3 +266,57 @@ def test_passes_over_all_prompts_are_batched():
     assert sizes == [4, 4, 4, 4, 4, 4]
     with pytest.raises(EngineError, match="prefix_batch_size must be a positive integer"):
         OptionModel(model, tok, RULE, prefix_batch_size=0)
+
+
+# --------------------------------------------------------------------------- the scale benchmark
+
+
+def _scale_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "scale_check.py"
+    spec = importlib.util.spec_from_file_location("scale_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scale_check_cpu_measurements():
+    sc = _scale_check()
+    assert sc.measure_bf16(n_prompts=4, steps=2)["bf16_trainable_changed_fraction"] == 1.0
+    assert sc.measure_offload(n_prompts=4, epochs=1)["offload_max_abs_diff"] <= 1e-5
+    cache = sc.measure_prefix_cache(n_prompts=6, epochs=1)
+    assert 0 < cache["prefix_cache_peak_bytes"] <= cache["prefix_cache_budget_bytes"] < cache["prefix_cache_working_set_bytes"]
+    assert cache["prefix_cache_max_abs_diff"] <= 1e-5
+
+
+def test_scale_check_config_and_projection_arithmetic():
+    sc = _scale_check()
+    config = sc.arch_config("qwen3-4b", layers=2)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+            config.intermediate_size, config.vocab_size, config.head_dim, config.rope_theta,
+            config.tie_word_embeddings) == (2560, 2, 32, 8, 9728, 151936, 128, 1e6, True)
+    assert sc.arch_config("qwen3-4b").num_hidden_layers == 36
+    grid = {"datasets": {"X": {"prompts": 32, "n": 100, "train_subgroups": 32}}, "questions": 1, "seeds": 1,
+            "tokens_per_prompt": 10, "prompt_templates": 1, "predict_passes": 1, "phase2_steps_per_phase1_step": 1.0,
+            "batch": 16, "paper_epochs": 1, "selection_epochs": 2, "validation_share": 0.5}
+    m = {"prefix_tokens_per_s": 100.0, "cached_step_s": 0.1, "plain_step_s": 1.0, "cached_predict_batch_s": 0.01}
+    out = sc.project_grid(m, grid)
+    # prefix 32 prompts x 10 tokens / 100 tok/s = 3.2 s; paper: 2 Phase 1 + 2 Phase 2 steps, 2 prediction batches
+    assert out["projected_hours_cached_paper"] * 3600 == pytest.approx(3.2 + 4 * 0.1 + 2 * 0.01)
+    assert out["projected_hours_plain_paper"] * 3600 == pytest.approx(4 * 1.0 + 2 * (16 * 0.1 + 0.01))
+    # epoch selection: 16 training subgroups x 2 epochs = 2 + 2 steps, (1 + 2 validation) passes x 2 batches
+    assert out["projected_hours_cached_epoch_selection"] * 3600 == pytest.approx(3.2 + 4 * 0.1 + 6 * 0.01)
+    assert out["projected_hours_plain_epoch_selection"] * 3600 == pytest.approx(4 * 1.0 + 6 * (16 * 0.1 + 0.01))
+    assert out["grid_prompts"] == 32 and out["training_steps_paper"] == 4
+
+
+def test_accelerate_configs_parse():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+    kinds = {f.name: ClusterConfig.from_yaml_file(str(f)).distributed_type.value for f in sorted(root.glob("*.yaml"))}
+    assert kinds == {"fsdp.yaml": "FSDP", "multi_gpu.yaml": "MULTI_GPU"}
