@@ -2,7 +2,7 @@
 
     python benchmarks/scale_check.py --device cpu                        # tiny models, < 3 minutes
     python benchmarks/scale_check.py --device cuda                       # Qwen3-4B config, random weights
-    python benchmarks/scale_check.py --device cpu --arch qwen3-4b --layers 2 --prompts 8 --steps 2   # smoke
+    python benchmarks/scale_check.py --device cpu --arch qwen3-4b --layers 2 --prompts 4 --tokens 64 --steps 1  # smoke
 
 ``--device cpu`` measures, on tiny models built from a config (no download):
 
@@ -279,6 +279,7 @@ def measure_arch(arch: str, device: str, layers: int | None, n_prompts: int, ste
     with torch.device(dev):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     build_s = time.perf_counter() - t0
+    print(f"built {arch} ({config.num_hidden_layers} layers) on {dev} in {build_s:.1f} s", file=sys.stderr, flush=True)
     tok = tiny_tokenizer()
     rule = OptionRule.letters(11)
     prompts = survey_prompts(tok, n_prompts, tokens)
@@ -302,6 +303,7 @@ def measure_arch(arch: str, device: str, layers: int | None, n_prompts: int, ste
     cached.prepare(prompts)
     _sync(dev)
     prefix_tokens_per_s = sum(ids) / cached.prefix_seconds
+    print(f"prefix: {prefix_tokens_per_s:.0f} tokens/s", file=sys.stderr, flush=True)
     cached_step = _timed_steps(cached, batches, kl, steps)
     t0 = time.perf_counter()
     cached.predict()
@@ -372,6 +374,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompts", type=int, default=256, help="prompts for the architecture timing")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps (median)")
     ap.add_argument("--prefix-batch-size", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=250, help="tokens per timing prompt (the paper's are about 250)")
     ap.add_argument("--skip-accelerate", action="store_true", help="do not run accelerate_check.measure()")
     args = ap.parse_args(argv)
     import torch
@@ -389,11 +392,12 @@ def main(argv=None) -> dict:
         if not args.skip_accelerate:
             result.update(accelerate_measurements())
     else:
-        timing = measure_arch(arch, args.device, args.layers, args.prompts, args.steps, args.prefix_batch_size)
+        timing = measure_arch(arch, args.device, args.layers, args.prompts, args.steps, args.prefix_batch_size,
+                              args.tokens)
         result.update(timing)
         result.update(project_grid(timing))
-        if args.layers is not None:
-            result["note"] = f"--layers {args.layers}: a smoke run; the projection is not the full model's"
+        if args.layers is not None or args.device != "cuda":
+            result["note"] = "a smoke run (fewer layers or no GPU): the projection is not the paper's setting"
     result["seconds"] = time.perf_counter() - start
     print(json.dumps(result))
     return result

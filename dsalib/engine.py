@@ -264,8 +264,11 @@ def _resident_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
     if t is not None and t.device.type == "meta":
         for hook in _hooks(module):
             wmap = getattr(hook, "weights_map", None)
-            if wmap is not None and name in wmap:
-                return wmap[name]
+            try:
+                if wmap is not None:
+                    return wmap[name]
+            except KeyError:  # a tied weight is stored once, under the other module's name
+                pass
         raise EngineError(f"{type(module).__name__}.{name} is on the meta device and its offloaded values "
                           f"cannot be found; load the model with dsalib.lm.load_model(device_map=...)")
     return t
@@ -812,7 +815,14 @@ class OptionModel(nn.Module):
 def _option_head(model, ids: Sequence[int], device: torch.device) -> nn.Linear:
     """An untied fp32 copy of the LM head's rows for the option tokens, on ``device``."""
     lm_head = model.get_output_embeddings()
-    weight = _resident_weight(lm_head, "weight")
+    embed = model.get_input_embeddings()
+    tied = lm_head.weight is embed.weight
+    try:
+        weight = _resident_weight(lm_head, "weight")
+    except EngineError:
+        if not tied:
+            raise
+        weight = _resident_weight(embed, "weight")
     bias = _resident_weight(lm_head, "bias") if getattr(lm_head, "bias", None) is not None else None
     head = nn.Linear(weight.shape[1], len(ids), bias=bias is not None, device=device, dtype=torch.float32)
     rows = torch.tensor(list(ids), device=weight.device)

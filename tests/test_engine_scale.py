@@ -320,3 +320,16 @@ def test_accelerate_configs_parse():
     root = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
     kinds = {f.name: ClusterConfig.from_yaml_file(str(f)).distributed_type.value for f in sorted(root.glob("*.yaml"))}
     assert kinds == {"fsdp.yaml": "FSDP", "multi_gpu.yaml": "MULTI_GPU"}
+
+
+def test_a_checkpoint_loaded_with_disk_offload_trains_and_keys_its_cache(tmp_path):
+    model, tok = build_tiny_model(seed=0)  # tied head: its offloaded weight is stored under the embedding
+    model.save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    loaded, tok = lm.load_model(str(tmp_path / "ckpt"), device_map="auto", max_memory={"cpu": "150KB"},
+                                offload_folder=tmp_path / "off")
+    assert loaded.lm_head.weight.device.type == "meta" and loaded.hf_device_map["model.layers.2"] == "cpu"
+    prompts = make_prompts(4)
+    om = OptionModel(loaded, tok, RULE, cache_dir=tmp_path / "cache").prepare(prompts)  # fingerprint from files
+    np.testing.assert_allclose(om.predict().numpy(), option_probs(model, tok, prompts, RULE).probs, atol=1e-5)
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 4
