@@ -19,8 +19,8 @@ for q in ["imbgeco","lrscale"]:
             per = metrics.evaluate(m.predict(truth.keys), truth, 10)
             rep = m.report.get("phase2", {})
             sel = m.report.get("selection", {}).get("phase2", {})
-            rows.append((q, seed, name, p2.get("min_pair_size"), per.jsd.mean(), rep.get("pairs"), rep.get("kept"), sel.get("pairs"), time.time()-t))
+            rows.append((q, seed, name, p2.get("min_pair_size"), per.jsd.mean(), rep.get("pairs"), rep.get("outcome"), sel.get("pairs"), time.time()-t))
             print(rows[-1], flush=True)
 import pandas as pd
-df=pd.DataFrame(rows, columns=["q","seed","method","mps","jsd","pairs","kept","sel_pairs","sec"])
+df=pd.DataFrame(rows, columns=["q","seed","method","mps","jsd","pairs","outcome","sel_pairs","sec"])
 print(df.groupby(["method","mps"],dropna=False).jsd.mean())

@@ -30,9 +30,12 @@ resident (see :class:`OptionModel`).  The engine trains ``model`` in place (pass
 :func:`~dsalib.lm.option_probs` equal the engine's predictions.
 
 :func:`train_loop` runs AdamW over batches of items with a caller's loss; it is
-seeded, and it runs unchanged under ``accelerate launch`` with several processes
-(each process takes a share of every batch's items; gradients are summed across
-processes, so results match a single process up to rounding).
+the one training loop of the library (Phase 1 and Phase 2 in :mod:`dsalib.train`
+run on it).  It is seeded, and it runs unchanged under ``accelerate launch``
+with several processes (each process takes a share of every batch's items;
+gradients are summed across processes, so results match a single process up
+to rounding; see the loss contract in its docstring).  :func:`predict_rows`
+splits a prediction pass over the processes (:mod:`dsalib.distributed`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from dsalib.distributed import agreed, gather_shards, process_share
 from dsalib.errors import DsaError
 from dsalib.lm import (
     NonFiniteLogitsError,
@@ -842,10 +846,10 @@ def _option_head(model, ids: Sequence[int], device: torch.device) -> nn.Linear:
 class TrainResult:
     """What :func:`train_loop` did."""
 
-    step_loss: list[float] = field(default_factory=list)  # summed over all processes' items
+    step_loss: list[float] = field(default_factory=list)  # the whole batch's loss (summed over processes)
     epoch_loss: list[float] = field(default_factory=list)  # mean step loss per epoch
-    eval_history: list[float] = field(default_factory=list)
-    best_epoch: int | None = None  # 1-based epoch whose parameters were kept (with eval_fn)
+    eval_history: list[float] = field(default_factory=list)  # [initial score (eval_initial),] score after each epoch
+    best_epoch: int | None = None  # epoch whose parameters were kept (with eval_fn); 0 = the initial parameters
     stopped_early: bool = False
     epochs_run: int = 0
     seconds: float = 0.0
@@ -856,31 +860,69 @@ class TrainResult:
         return asdict(self)
 
 
+def predict_rows(option_model, idx) -> torch.Tensor:
+    """:meth:`OptionModel.predict` of prepared prompts ``idx``, each process predicting its share.
+
+    Every process gets all rows (:func:`dsalib.distributed.gather_shards`); in a single process
+    this is ``option_model.predict(idx)``.
+    """
+    rows = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
+    rank, world = process_share()
+    share = rows[rank::world]
+    local = (option_model.predict(share) if share
+             else torch.zeros((0, option_model.rule.n_options), device=option_model.device))
+    return gather_shards(local, len(rows))
+
+
 def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionModel, list], torch.Tensor], *,
                epochs: int = 1, lr: float = 5e-5, weight_decay: float = 0.01, seed: int = 0,
                max_grad_norm: float | None = None, eval_fn: Callable[[OptionModel], float] | None = None,
-               patience: int | None = None, restore_best: bool = True, accelerator=None,
-               progress: bool = True, desc: str = "train") -> TrainResult:
-    """Train ``option_model.parameters_to_train()`` with AdamW.
+               eval_initial: bool = False, min_improvement: float = 0.0, patience: int | None = None,
+               restore_best: bool = True, accelerator=None, progress: bool | None = True,
+               desc: str = "train") -> TrainResult:
+    """Train ``option_model.parameters_to_train()`` with AdamW; the one training loop of the library.
 
     ``batches`` is a sequence of batches (each a sequence of items of any kind),
-    or a callable ``epoch -> batches`` (to reshuffle per epoch).  For each batch
-    ``loss_fn(option_model, items)`` returns a scalar that must be a *sum* over
-    the items (weights included; divide by the full batch size yourself for a
-    mean): with several processes each one gets ``items[rank::n]`` and the
-    gradients are summed.  ``loss_fn`` may call ``option_model.log_probs`` as
-    often as it likes, with ``grad=False`` for detached references.
+    or a callable ``epoch -> batches``, called once per epoch in order
+    (0, 1, ...), e.g. to reshuffle per epoch.  Every process must build the same
+    batches (seed any shuffling).
 
-    With ``eval_fn`` (lower is better) it is called after every epoch; training
-    stops after ``patience`` epochs without improvement, and the best epoch's
-    parameters are restored when ``restore_best``.  Seeded: the same inputs and
-    seed give the same result.  Under ``accelerate launch`` pass nothing extra:
-    an :class:`accelerate.Accelerator` is created (or pass ``accelerator``).
+    **The loss contract.**  ``loss_fn(option_model, items)`` returns a scalar
+    that is a *sum over its items*, and each item's weight already includes
+    the division by the whole batch's normaliser (e.g. ``1 / len(batch)`` for a
+    mean, or ``n_i / Σ n`` over the batch for a count-weighted mean), computed
+    before the batch is split over processes.  With several processes each
+    one gets ``items[rank::world]`` and the gradients are summed, so one
+    process and N processes give the same gradient (up to rounding): the loss
+    of a batch equals the sum of the losses of its process shares.
+    ``loss_fn`` may call ``option_model.log_probs`` as often as it likes, with
+    ``grad=False`` for detached references.
+
+    With ``eval_fn`` (lower is better) a score is taken after every epoch (and
+    before the first when ``eval_initial``, so the initial parameters can win:
+    ``best_epoch == 0``).  A score improves on the best one when it is lower by
+    more than ``min_improvement``; training stops after ``patience`` epochs
+    without improvement, and the best epoch's parameters are restored when
+    ``restore_best``.  The main process's score decides on every process.
+
+    ``epochs=0`` trains nothing (the initial score is still taken with
+    ``eval_initial``).  Seeded: the same inputs and seed give the same result.
+    Under ``accelerate launch`` pass nothing extra: an
+    :class:`accelerate.Accelerator` is created (or pass ``accelerator``).
+    ``progress=None`` shows the bar only on a terminal.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise EngineError(f"epochs must be a whole number ≥ 0, got {epochs!r}")
+    if patience is not None and patience < 0:
+        raise EngineError(f"patience must be ≥ 0 or None, got {patience}")
+    if min_improvement < 0:
+        raise EngineError(f"min_improvement must be ≥ 0, got {min_improvement}")
+    if eval_initial and eval_fn is None:
+        raise EngineError("eval_initial=True needs an eval_fn")
     dev = option_model.device
     acc = accelerator or Accelerator(cpu=dev.type == "cpu")
     if acc.device.type != dev.type:
@@ -888,8 +930,11 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
             f"the model is on {dev} but this process's accelerator device is {acc.device}; "
             f"load the model with device=accelerator.device before building the OptionModel"
         )
-    if epochs < 1:
-        raise EngineError(f"epochs must be at least 1, got {epochs}")
+    if acc.num_processes != process_share()[1]:
+        raise EngineError(
+            f"the accelerator sees {acc.num_processes} process(es) but {process_share()[1]} were launched; "
+            "create the Accelerator with cpu=True on a machine without CUDA"
+        )
     set_seed(seed)
     params = option_model.parameters_to_train()
     if not params:
@@ -899,10 +944,25 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     result = TrainResult(n_processes=world)
     best, best_state, bad_epochs = float("inf"), None, 0
     start = time.perf_counter()
+
+    def evaluate(epoch: int) -> bool:
+        """Score after ``epoch``; True when training should stop."""
+        nonlocal best, best_state, bad_epochs
+        score = agreed(float(eval_fn(option_model)))
+        result.eval_history.append(score)
+        if result.best_epoch is None or score < best - min_improvement:
+            best, best_state, bad_epochs, result.best_epoch = score, option_model.state_dict(), 0, epoch
+            return False
+        bad_epochs += 1
+        return patience is not None and bad_epochs >= patience
+
+    if eval_initial:
+        evaluate(0)
     for epoch in range(epochs):
         epoch_batches = batches(epoch) if callable(batches) else batches
+        show = progress is not False and acc.is_local_main_process
         bar = tqdm(epoch_batches, desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                   disable=not (progress and acc.is_local_main_process), leave=False)
+                   disable=(None if progress is None else False) if show else True, leave=False)
         losses = []
         for items in bar:
             items = list(items)
@@ -916,16 +976,9 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
         result.step_loss += losses
         result.epoch_loss.append(sum(losses) / max(len(losses), 1))
         result.epochs_run = epoch + 1
-        if eval_fn is not None:
-            score = float(eval_fn(option_model))
-            result.eval_history.append(score)
-            if score < best:
-                best, best_state, bad_epochs, result.best_epoch = score, option_model.state_dict(), 0, epoch + 1
-            else:
-                bad_epochs += 1
-            if patience is not None and bad_epochs >= patience:
-                result.stopped_early = True
-                break
+        if eval_fn is not None and evaluate(epoch + 1):
+            result.stopped_early = True
+            break
     if best_state is not None and restore_best:
         option_model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - start
@@ -938,8 +991,8 @@ def _step(option_model, loss_fn, items, params, optimizer, acc, max_grad_norm) -
     optimizer.zero_grad(set_to_none=True)
     if items:
         loss = loss_fn(option_model, items)
-        if loss.dim() != 0:
-            raise EngineError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+        if not torch.is_tensor(loss) or loss.dim() != 0:
+            raise EngineError(f"loss_fn must return a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
         loss.backward()
         value = loss.detach().float().reshape(1)
     else:  # more processes than items: contribute nothing, but take part in the sum

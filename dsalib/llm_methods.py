@@ -269,6 +269,11 @@ class AAE(_PromptedMethod):
         return out
 
 
+#: What happened to DSA's Phase 2 (``report["phase2"]["outcome"]``): it ran; it was skipped because no pair of
+#: training subgroups reached ``min_pair_size``; or the validation guard rejected it.
+PHASE2_OUTCOMES = ("run", "skipped", "rejected")
+
+
 @dataclass
 class FineTuned(_PromptedMethod):
     """TKFT (``phase2=False``) or DSA (``phase2=True``) on the cached engine.
@@ -286,8 +291,17 @@ class FineTuned(_PromptedMethod):
        the chosen settings.
 
     The report (:attr:`report`) records the chosen epochs, the validation
-    curve, how many Phase 2 pairs and attribute changes were used, and whether
-    Phase 2 was kept.
+    curve, and for DSA ``report["phase2"]``: its ``outcome`` (one of
+    :data:`PHASE2_OUTCOMES`: ``run``; ``skipped``, no training pair;
+    ``rejected``, by the validation guard), beside the pairs, attribute
+    changes and steps and the guard's validation cross-entropy before and
+    after Phase 2 (``val_ce_before``/``val_ce_after``, from the trial on the
+    fit/validation split).  ``report["selection"]["phase2"]`` is that trial's
+    own run report.
+
+    Training runs on :func:`dsalib.engine.train_loop`; under ``accelerate
+    launch`` every process takes part in every fit (data-parallel) and
+    predicts its share of the prompts.
     """
 
     name: str = "TKFT"
@@ -314,7 +328,6 @@ class FineTuned(_PromptedMethod):
         index = train.index_of  # the prepared prompts are the training table's rows
         c1, c2 = self.phase1_config, self.phase2_config
         rep: dict = {"method": self.name, "strategy": self.strategy, "engine": om.describe()}
-        keep_phase2 = self.phase2
         memo_base = (self.strategy, train.n_options, self.template, train.question, tuple(train.attributes),
                      hashlib.sha256(np.ascontiguousarray(train.keys).tobytes()
                                     + np.ascontiguousarray(train.counts).tobytes()).hexdigest(),
@@ -346,40 +359,71 @@ class FineTuned(_PromptedMethod):
             rep["selection"] = {"phase1_epochs": r1.epochs, "val_ce": r1.val_ce,
                                 "fit_respondents": fit.n_respondents, "val_respondents": val.n_respondents}
             if self.phase2:
-                r2 = run_phase2(om, fit, index, c2, val=val)
-                rep["selection"]["phase2"] = asdict(r2)
-                if r2.pairs == 0 or (c2.guard and r2.val_ce_after > r2.val_ce_before + 1e-6):
-                    keep_phase2 = False
+                trial = run_phase2(om, fit, index, c2, val=val)
+                rep["selection"]["phase2"] = asdict(trial)
             epochs = r1.epochs
         else:
+            trial = None
             epochs = c1.epochs
         r1 = phase1(train, epochs=epochs)
         rep["phase1"] = asdict(r1)
         if self.phase2:
-            if keep_phase2:
-                r2 = run_phase2(om, train, index, c2)
-                rep["phase2"] = asdict(r2)
-                keep_phase2 = r2.kept
-            else:
-                pairs = len(hamming1_pairs(train, c2.min_pair_size))
-                rep["phase2"] = {"pairs": pairs, "kept": False,
-                                 "note": rep.get("selection", {}).get("phase2", {}).get("note")
-                                 or "Phase 2 raised the validation cross-entropy on the fit/validation split; "
-                                    "the final model is the Phase 1 model (guard=True)."}
-            rep["phase2_kept"] = bool(keep_phase2)
+            rep["phase2"] = self._phase2_final(om, train, index, trial)
         self._state = om.state_dict()
         om.load_state_dict(initial)
         self.report = rep
         return self
 
+    def _phase2_final(self, om, train: SubgroupTable, index, trial) -> dict:
+        """Phase 2 on the whole training sample, unless the trial on the fit/validation split rules it out.
+
+        Returns the report's ``phase2`` entry: ``outcome`` is the one field
+        that says what happened (:data:`PHASE2_OUTCOMES`), beside the numbers
+        behind it (pairs, steps, and the guard's validation cross-entropy
+        before and after the trial run).
+        """
+        from .train import run_phase2
+
+        c2 = self.phase2_config
+        guard = ({"val_ce_before": trial.val_ce_before, "val_ce_after": trial.val_ce_after}
+                 if trial is not None else {"val_ce_before": None, "val_ce_after": None})
+        if trial is not None and trial.pairs == 0:
+            return {"outcome": "skipped", "pairs": len(hamming1_pairs(train, c2.min_pair_size)),
+                    "steps": 0, **guard, "note": trial.note}
+        if trial is not None and c2.guard and trial.val_ce_after > trial.val_ce_before + 1e-6:
+            return {"outcome": "rejected", "pairs": len(hamming1_pairs(train, c2.min_pair_size)), "steps": 0,
+                    **guard, "note": "Phase 2 raised the validation cross-entropy on the fit/validation split; "
+                                     "the final model is the Phase 1 model (guard=True)."}
+        r2 = run_phase2(om, train, index, c2)
+        entry = {k: v for k, v in asdict(r2).items() if k not in ("val_ce_before", "val_ce_after")}
+        return {"outcome": "skipped" if r2.pairs == 0 else "run", **entry, **guard}
+
     def predict(self, keys) -> np.ndarray:
         self._require_fit()
         keys = _check_keys(self.train, keys)
+        return self._predict_prompts(self._prompts(keys))
+
+    def _predict_prompts(self, prompt_list: list[str]) -> np.ndarray:
+        """The fitted model's option distributions of ``prompt_list``.
+
+        Under ``accelerate launch`` each process prepares (frozen-prefix pass)
+        and predicts only its share of the prompts, and every process gets
+        all rows (:func:`dsalib.distributed.gather_shards`).
+        """
+        import torch
+
+        from .distributed import gather_shards, process_share
+
         om, initial = self.lm.option_model(self.train.n_options, self.strategy)
         om.load_state_dict(self._state)
+        rank, world = process_share()
+        share = prompt_list[rank::world]
         try:
-            om.prepare(self._prompts(keys))
-            out = om.predict().double().cpu().numpy()
+            if share:
+                local = om.prepare(share).predict()
+            else:  # more processes than prompts
+                local = torch.zeros((0, self.train.n_options), device=om.device)
+            out = gather_shards(local, len(prompt_list)).double().cpu().numpy()
         finally:
             om.load_state_dict(initial)
         return out / out.sum(axis=1, keepdims=True)

@@ -22,6 +22,11 @@ file exists, and the record is written *after* its per-subgroup table, so an
 interruption at any point leaves either a finished key or none; leftover
 temporary files are ignored (and can be deleted with
 :meth:`ResultStore.clean_temp`).
+
+Under ``accelerate launch`` (several processes) only the main process writes
+(:func:`is_writer`), and :meth:`ResultStore.has` gives every process the main
+process's answer (:func:`dsalib.distributed.agreed`), so all processes agree
+on what is pending.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from .distributed import agreed, is_main_process
 from .errors import DsaError, ParameterError
 
 #: Packages whose versions every run records.
@@ -68,9 +74,24 @@ def _file_mode() -> int:
 # --------------------------------------------------------------------------
 
 
+def is_writer() -> bool:
+    """Whether this process writes result files: always in a plain process; under ``accelerate launch``
+    only the main process (:func:`dsalib.distributed.is_main_process`).
+
+    Every writer in this module (:func:`atomic_write_bytes` and all that use
+    it, :class:`ResultStore`) does nothing on the other processes.
+    """
+    return is_main_process()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    Only on the writing process (:func:`is_writer`); elsewhere a no-op.
+    """
     path = Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.tmp-", dir=path.parent)
     try:
@@ -290,8 +311,9 @@ class ResultStore:
         self.root = Path(root)
         self.records_dir = self.root / "records"
         self.tables_dir = self.root / "per_subgroup"
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self.tables_dir.mkdir(parents=True, exist_ok=True)
+        if is_writer():
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            self.tables_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             self._check_config(config)
 
@@ -319,8 +341,13 @@ class ResultStore:
 
     # -- API ---------------------------------------------------------------
     def has(self, key) -> bool:
-        """Whether ``key`` has finished (its record file exists)."""
-        return self.record_path(key).exists()
+        """Whether ``key`` has finished (its record file exists).
+
+        Under ``accelerate launch`` the main process's answer holds on every
+        process (:func:`dsalib.distributed.agreed`; call it on all of them), so
+        all processes agree on what is pending and run the same fits together.
+        """
+        return agreed(self.record_path(key).exists())
 
     def save(self, key, record: Mapping, per_subgroup: pd.DataFrame | None = None) -> Path:
         """Store the summary ``record`` (a flat dict of scalars) and optional per-subgroup table of ``key``.
@@ -340,7 +367,7 @@ class ResultStore:
             if not isinstance(per_subgroup, pd.DataFrame):
                 raise DsaError("per_subgroup must be a pandas DataFrame or None")
             write_csv(per_subgroup, table)
-        elif table.exists():
+        elif table.exists() and is_writer():
             table.unlink()
         payload = {
             "key": kd,

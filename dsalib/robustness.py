@@ -252,7 +252,7 @@ def paired_difference(res: pd.DataFrame, method: str, baseline: str, metric: str
 
 
 def phase2_reports(res: pd.DataFrame, method: str = "DSA") -> pd.DataFrame:
-    """One row per stored ``method`` run: chosen Phase 1 epochs, Phase 2 pairs, attribute changes, kept or not."""
+    """One row per stored ``method`` run: chosen Phase 1 epochs, Phase 2 pairs, attribute changes and outcome."""
     _require(res, ["method", "question", "seed", "report"], "phase2_reports")
     sub = res[res.method == method]
     if "truth_mode" in sub.columns:  # one fit serves every truth mode: report it once
@@ -265,7 +265,7 @@ def phase2_reports(res: pd.DataFrame, method: str = "DSA") -> pd.DataFrame:
         rows.append({"question": r.question, "seed": int(r.seed), "strategy": rep.get("strategy"),
                      "phase1_epochs": p1.get("epochs"), "epochs_selected": bool(sel),
                      "phase2_pairs": p2.get("pairs"), "attribute_changes": p2.get("attribute_changes"),
-                     "phase2_steps": p2.get("steps"), "phase2_kept": rep.get("phase2_kept"),
+                     "phase2_steps": p2.get("steps"), "phase2_outcome": p2.get("outcome"),
                      "note": p2.get("note") or ""})
     if not rows:
         raise DsaError(f"no {method} runs with a report to summarise")

@@ -1,5 +1,7 @@
-"""train_loop runs unchanged under `accelerate launch` with 2 CPU processes."""
+"""Under `accelerate launch` with 2 CPU processes: train_loop is data-parallel, and the Enhancement driver shares
+every fit, writes each result once and predicts what one process predicts."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -46,3 +48,43 @@ def test_two_process_data_parallel_training_matches_one_process(tmp_path):
         diff = (value - ranks[0]["params"][name]).abs()
         assert float(diff.max()) < 5e-3, name
         assert float((diff > 1e-4).float().mean()) < 5e-3, name
+
+
+CHECK = HERE.parent / "benchmarks" / "accelerate_check.py"
+
+
+def _check_module():
+    spec = importlib.util.spec_from_file_location("accelerate_check", CHECK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_processes_fit_tkft_and_dsa_once_and_match_one_process(tmp_path):
+    out = _check_module().measure(tmp_path)
+    # predictions equal a single process up to rounding
+    assert out["accelerate_2proc_max_abs_diff"] < 1e-4, out
+    # one record per (question, seed, method), written by the main process only, and every fit shared
+    keys = [tuple(k) for k in out["record_keys"]]
+    assert keys == [("imbgeco", 0, "DSA"), ("imbgeco", 0, "TKFT"), ("imbgeco", 0, "floor")], out
+    assert out["records"] == 3 and out["writes_per_process"] == [3, 0], out
+    assert out["duplicate_fits"] == 0, out
+    # both processes took part in the same training runs as the single process ran
+    assert out["train_loop_runs"][0] == out["train_loop_runs"][1] == out["single_process_train_loop_runs"] >= 3, out
+
+
+def test_only_the_main_process_writes_results(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from dsalib import results
+
+    key = results.RunKey("enhancement", "ess9", "imbgeco", 0, "TS")
+    monkeypatch.setattr(results, "is_main_process", lambda: False)  # as on process 1 of 2
+    store = results.ResultStore(tmp_path / "store", config={"n": 1})
+    store.save(key, {"jsd_mean": 0.1}, pd.DataFrame({"jsd": [0.1]}))
+    results.write_json(tmp_path / "x.json", {"a": 1})
+    assert not (tmp_path / "store").exists() and not (tmp_path / "x.json").exists()
+    monkeypatch.setattr(results, "is_main_process", lambda: True)
+    store = results.ResultStore(tmp_path / "store", config={"n": 1})
+    store.save(key, {"jsd_mean": 0.1}, pd.DataFrame({"jsd": [0.1]}))
+    assert store.has(key) and len(store) == 1 and (tmp_path / "store" / "store.json").exists()

@@ -52,7 +52,11 @@ def test_tkft_and_dsa_beat_ts_on_factorised_data(tiny, synth):
     assert e_tk < ts and e_ds < ts, (e_tk, e_ds, ts)
     # Phase 2 ran on the fit/validation split; the guard decides whether it is kept
     assert ds.report["selection"]["phase2"]["pairs"] > 0 and ds.report["selection"]["phase2"]["steps"] > 0
-    assert "phase2_kept" in ds.report
+    p2 = ds.report["phase2"]
+    assert p2["outcome"] in L.PHASE2_OUTCOMES and "kept" not in p2 and "phase2_kept" not in ds.report
+    assert p2["val_ce_before"] == ds.report["selection"]["phase2"]["val_ce_before"]
+    rejected = p2["val_ce_after"] > p2["val_ce_before"] + 1e-6
+    assert (p2["outcome"] == "rejected") == rejected and (p2["steps"] > 0) == (not rejected)
     assert tk.report["selection"]["phase1_epochs"] >= 1
     assert table.n_subgroups == 18
 
@@ -116,7 +120,7 @@ def test_phase2_without_pairs_says_so(tiny, ess9):
     split = surveys.enhancement_split(ess9, "imbgeco", 100, 0)
     m = L.dsa(tiny, ess9, phase1_config=Phase1Config(lr=1e-3, epochs=1),
               phase2_config=Phase2Config(min_pair_size=1000)).fit(split.train)
-    assert m.report["phase2"]["pairs"] == 0 and m.report["phase2_kept"] is False
+    assert m.report["phase2"]["pairs"] == 0 and m.report["phase2"]["outcome"] == "skipped"
     assert "no pair of training subgroups" in m.report["phase2"]["note"]
 
 
