@@ -468,8 +468,9 @@ class OptionModel(nn.Module):
             if offloaded:
                 raise EngineError(
                     f"the {strategy} strategy trains parameters that are on the meta device (offloaded by a "
-                    f"device_map): {offloaded[:3]}; train a model that does not fit one GPU with accelerate FSDP "
-                    f"or DeepSpeed ZeRO-3 (configs/accelerate/fsdp.yaml), not with CPU/disk offload"
+                    f"device_map): {offloaded[:3]}; keep every layer resident (device_map over GPUs with "
+                    f"max_memory, no CPU/disk offload); a model whose training state does not fit the GPUs needs "
+                    f"FSDP (configs/accelerate/fsdp.yaml, see the README)"
                 )
             self._train_device = model_device(model)
         self._input_device = model_device(self.base_model)
