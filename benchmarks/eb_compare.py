@@ -24,7 +24,7 @@ Settings:
 
 Run (each part writes its rows to a CSV; ``--table`` prints the table of saved CSVs):
 
-    nice python benchmarks/eb_compare.py --part small --out eb_small.csv
+    nice python benchmarks/eb_compare.py --part small --out eb_small.csv  [--datasets ess9 beps]
     nice python benchmarks/eb_compare.py --part large --out eb_large.csv
     python benchmarks/eb_compare.py --table eb_small.csv eb_large.csv
 """
@@ -133,10 +133,10 @@ def run_split(survey, setting: str, q: str, n: int, seed: int, attrs) -> list[di
     return rows
 
 
-def run(part: str, seeds, out: Path | None, progress=print) -> pd.DataFrame:
+def run(part: str, seeds, out: Path | None, datasets=SMALL, progress=print) -> pd.DataFrame:
     jobs = []
     if part == "small":
-        for ds in SMALL:
+        for ds in datasets:
             survey, questions, attrs = small_setting(ds)
             jobs += [(survey, f"{ds} n=500", q, 500, attrs) for q in questions]
     else:
@@ -178,13 +178,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=("small", "large"))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
+    ap.add_argument("--datasets", nargs="+", choices=SMALL, default=list(SMALL), help="the small part's datasets")
     ap.add_argument("--out", type=Path, help="CSV to write the per-split rows to (rewritten after every split)")
     ap.add_argument("--table", type=Path, nargs="+", help="print the table of these saved CSVs and stop")
     args = ap.parse_args(argv)
     if args.table:
         res = pd.concat([pd.read_csv(p) for p in args.table], ignore_index=True)
     elif args.part:
-        res = run(args.part, args.seeds, args.out)
+        res = run(args.part, args.seeds, args.out, args.datasets)
     else:
         ap.error("give --part small|large, or --table CSV...")
     pd.set_option("display.width", 200)

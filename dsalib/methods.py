@@ -9,6 +9,7 @@ method with the common interface (``fit(train)``, ``predict(keys)``).
 | ``MNL`` | main-effects multinomial logit, L2 by 5-fold CV | no |
 | ``POLR`` | proportional-odds ordinal logit | no |
 | ``EB-MNL`` | empirical-Bayes shrinkage toward MNL | no |
+| ``Stacked-MNL`` | MNL fitted with the survey's other questions, main effects partly shared | no (needs the survey) |
 | ``Direct`` | zero-shot, default prompt | yes |
 | ``PE`` | zero-shot, persona prompt | yes |
 | ``AAE`` | logit adapter on the LLM's output and the background | yes |
@@ -29,7 +30,9 @@ from .errors import ParameterError
 
 STATISTICAL = ("TS", "MNL", "POLR", "EB-MNL")
 LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA")
-ALL = STATISTICAL + LLM
+#: Statistical methods that also learn from the survey's other questions (the non-LLM cross-question control).
+CROSS_QUESTION = ("Stacked-MNL",)
+ALL = STATISTICAL + CROSS_QUESTION + LLM
 #: The registry's estimator of the EB concentration (``"marginal"`` or ``"crossfit"``, :mod:`dsalib.shrinkage`).
 EB_CONCENTRATION = "marginal"
 
@@ -55,7 +58,7 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
     """
     from . import llm_methods as L
     from .shrinkage import EBShrinkage
-    from .statistical import MainEffectsLogit, OrdinalLogit
+    from .statistical import MainEffectsLogit, OrdinalLogit, StackedLogit
     from .train import Phase1Config, Phase2Config
 
     if name not in ALL:
@@ -78,6 +81,10 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
         return OrdinalLogit()
     if name == "EB-MNL":
         return EBShrinkage(prior=MainEffectsLogit(seed=seed), **eb)
+    if name == "Stacked-MNL":
+        if survey is None:
+            raise ParameterError("method 'Stacked-MNL' fits the survey's other questions too: give survey=...")
+        return StackedLogit(survey=survey, seed=seed)
     if lm is None or survey is None:
         raise ParameterError(f"method {name!r} needs a language model and the survey (lm=..., survey=...)")
     if name == "Direct":
