@@ -1,7 +1,7 @@
 """Compare the two estimators of the EB-MNL concentration: marginal likelihood vs cross-fit.
 
 Enhancement protocol, methods TS, MNL, EB-MNL with ``concentration="marginal"``
-and EB-MNL with ``concentration="crossfit"`` (2 folds); both EB variants
+and EB-MNL with ``concentration="crossfit"`` (2 folds, or ``--folds``); both EB variants
 shrink toward the *same* fitted MNL (``make_method("EB-MNL", prior=mnl)``), so
 they differ only in α.  Each training sample is scored against both truths
 (``full`` and ``heldout``).  Errors: unweighted mean over the truth subgroups
@@ -107,7 +107,7 @@ def small_setting(dataset: str) -> tuple[surveys.Survey, list[str], tuple[str, .
     return survey, questions, survey.check_background(conf.get("background"))
 
 
-def run_split(survey, setting: str, q: str, n: int, seed: int, attrs) -> list[dict]:
+def run_split(survey, setting: str, q: str, n: int, seed: int, attrs, folds: int = 2) -> list[dict]:
     splits = {mode: surveys.enhancement_split(survey, q, n, seed, mode, attrs) for mode in surveys.TRUTH_MODES}
     train = splits["full"].train
     fitted, seconds, extra = {}, {}, {}
@@ -115,7 +115,9 @@ def run_split(survey, setting: str, q: str, n: int, seed: int, attrs) -> list[di
         t0 = time.perf_counter()
         if label.startswith("EB-MNL"):
             conc = label[label.index("(") + 1:-1]
-            m = make_method("EB-MNL", prior=fitted["MNL"], concentration=conc, seed=seed).fit(train)
+            m = make_method("EB-MNL", prior=fitted["MNL"], concentration=conc, seed=seed)
+            m.folds = folds
+            m.fit(train)
             extra[label] = {"alpha": m.alpha_, "alpha_at_upper": m.alpha_at_bound_ == "upper"}
         else:
             m = make_method(label, seed=seed).fit(train)
@@ -133,7 +135,7 @@ def run_split(survey, setting: str, q: str, n: int, seed: int, attrs) -> list[di
     return rows
 
 
-def run(part: str, seeds, out: Path | None, datasets=SMALL, progress=print) -> pd.DataFrame:
+def run(part: str, seeds, out: Path | None, datasets=SMALL, folds: int = 2, progress=print) -> pd.DataFrame:
     jobs = []
     if part == "small":
         for ds in datasets:
@@ -147,7 +149,7 @@ def run(part: str, seeds, out: Path | None, datasets=SMALL, progress=print) -> p
     for survey, setting, q, n, attrs in jobs:
         for seed in seeds:
             t0 = time.perf_counter()
-            new = run_split(survey, setting, q, n, int(seed), attrs)
+            new = run_split(survey, setting + (f" folds={folds}" if folds != 2 else ""), q, n, int(seed), attrs, folds)
             rows += new
             a = {r["method"]: r.get("alpha") for r in new if r["truth"] == "full"}
             progress(f"{setting} {q} seed={seed}: alpha marginal={a['EB-MNL(marginal)']:.3g} "
@@ -179,13 +181,14 @@ def main(argv=None) -> None:
     ap.add_argument("--part", choices=("small", "large"))
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     ap.add_argument("--datasets", nargs="+", choices=SMALL, default=list(SMALL), help="the small part's datasets")
+    ap.add_argument("--folds", type=int, default=2, help="folds of the cross-fit (the setting name says so if not 2)")
     ap.add_argument("--out", type=Path, help="CSV to write the per-split rows to (rewritten after every split)")
     ap.add_argument("--table", type=Path, nargs="+", help="print the table of these saved CSVs and stop")
     args = ap.parse_args(argv)
     if args.table:
         res = pd.concat([pd.read_csv(p) for p in args.table], ignore_index=True)
     elif args.part:
-        res = run(args.part, args.seeds, args.out, args.datasets)
+        res = run(args.part, args.seeds, args.out, args.datasets, args.folds)
     else:
         ap.error("give --part small|large, or --table CSV...")
     pd.set_option("display.width", 200)
