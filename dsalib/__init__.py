@@ -8,6 +8,9 @@ Modules (flat, one concept each):
 - ``prompts``   prompt templates and option labels
 - ``lm``        model loading and option-token probabilities
 - ``engine``    fine-tuning strategies and the cached last-layer engine
+- ``config``    one typed configuration per study, checked before any work
+- ``stores``    store keys: resolved settings, spec, data fingerprint, STORE_VERSION
+- ``study``     the set-up of a study notebook and its output folders
 """
 
 __version__ = "0.1.0"

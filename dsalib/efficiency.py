@@ -93,43 +93,10 @@ def check_sizes(survey: surveys.Survey, questions: Sequence[str], background: Se
     return sorted(int(s) for s in sizes)
 
 
-def check_methods(names: Sequence[str], name: str = "methods", within: Sequence[str] | None = None) -> list[str]:
-    """Method names checked against the registry (and optionally a list they must come from)."""
-    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or not names:
-        raise ParameterError(f"{name} must be a non-empty list of method names, got {names!r}")
-    unknown = [m for m in names if m not in method_registry.ALL]
-    if unknown:
-        raise ParameterError(f"{name}: unknown method(s) {unknown}; choose from {', '.join(method_registry.ALL)}")
-    if within is not None:
-        extra = [m for m in names if m not in within]
-        if extra:
-            raise ParameterError(f"{name}: {extra} must also be in {list(within)}")
-    return list(dict.fromkeys(names))
-
-
-def check_modes(modes) -> list[str]:
-    """Truth modes: a non-empty list drawn from :data:`dsalib.surveys.TRUTH_MODES`."""
-    if isinstance(modes, (str, bytes)) or not isinstance(modes, Sequence) or not modes:
-        raise ParameterError(f"modes must be a non-empty list of truth modes {surveys.TRUTH_MODES}, got {modes!r}")
-    bad = [m for m in modes if m not in surveys.TRUTH_MODES]
-    if bad:
-        raise ParameterError(f"unknown truth mode(s) {bad}; choose from {', '.join(surveys.TRUTH_MODES)}")
-    return list(dict.fromkeys(modes))
-
-
 def check_metric(metric: str) -> str:
     if metric not in METRICS:
         raise ParameterError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     return metric
-
-
-def check_seeds(seeds, name: str = "seeds") -> list[int]:
-    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not seeds:
-        raise ParameterError(f"{name} must be a non-empty list of integer seeds, got {seeds!r}")
-    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
-    if bad or len(set(seeds)) != len(seeds):
-        raise ParameterError(f"{name} must be distinct non-negative integers, got {list(seeds)}")
-    return [int(s) for s in seeds]
 
 
 # --------------------------------------------------------------------------
@@ -138,7 +105,7 @@ def check_seeds(seeds, name: str = "seeds") -> list[int]:
 
 
 def run_sizes(cfg, sizes: Sequence[int], modes: Sequence[str], store_root, lm=None,
-              progress: Callable | None = print) -> pd.DataFrame:
+              progress: Callable | None = print, survey=None) -> pd.DataFrame:
     """Run (or read back) the Enhancement protocol of ``cfg`` at each training size; column ``n``.
 
     One :func:`~dsalib.experiments.run_enhancement` call per size, each with
@@ -152,13 +119,13 @@ def run_sizes(cfg, sizes: Sequence[int], modes: Sequence[str], store_root, lm=No
     frames = []
     for n in sizes:
         c = dataclasses.replace(cfg, n=int(n))
-        res = run_enhancement(c, lm=lm, modes=list(modes), store_root=store_root, progress=progress)
+        res = run_enhancement(c, lm=lm, modes=list(modes), store_root=store_root, progress=progress, survey=survey)
         res.insert(0, "n", int(n))
         frames.append(res)
     return pd.concat(frames, ignore_index=True)
 
 
-def pending_count(cfg, modes: Sequence[str], store_root) -> int:
+def pending_count(cfg, modes: Sequence[str], store_root, survey=None) -> int:
     """How many (question, seed, method) results of ``cfg`` its shared stores still lack, over the truth modes.
 
     Zero means :func:`~dsalib.experiments.run_enhancement` only reads back,
@@ -167,13 +134,14 @@ def pending_count(cfg, modes: Sequence[str], store_root) -> int:
     from .experiments import store_dir_for
     from .results import ResultStore, RunKey
 
-    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+    if survey is None:
+        survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
     keys = [RunKey("enhancement", cfg.dataset, q, int(seed), m)
             for q in surveys.iter_questions(survey, cfg.questions) for seed in cfg.seeds
             for m in list(cfg.methods) + ["floor"]]
     total = 0
     for mode in modes:
-        path = store_dir_for(cfg, mode, store_root)
+        path = store_dir_for(cfg, mode, store_root, survey)
         total += len(keys) if not path.exists() else len(ResultStore(path).pending(keys))
     return total
 

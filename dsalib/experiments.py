@@ -1,62 +1,130 @@
-"""Experiment drivers: the Enhancement protocol, resumable, one record per result.
+"""The protocol driver: fit once, score every truth, add the noise floor, store; and the Enhancement set-up.
 
-``run_enhancement`` evaluates methods on one dataset: for every core question
-and seed it draws a training sample of ``n`` respondents, builds the truth
-(``full`` or ``heldout``), fits each method and stores its per-subgroup errors
-and summary under the key (study, dataset, question, seed, method) in a
-:class:`dsalib.results.ResultStore`.  A key already in the store is skipped,
-so an interrupted run resumes where it stopped.  The noise floor is stored as
-the method ``floor``.
+:func:`fit_and_score` is the one loop both protocols run (Enhancement here,
+Generation in :mod:`dsalib.generation`): for one training set it fits each
+method once and scores it against every truth that still lacks its result,
+stores one record per (truth, method) and the noise floor of each truth as
+the method ``floor``.  Keys already stored are skipped, so an interrupted run
+resumes where it stopped.
+
+:func:`run_enhancement` evaluates methods on one dataset: for every core
+question and seed it draws a training sample of ``n`` respondents, builds the
+truth of each mode in ``cfg.modes`` (``full``, ``heldout``) and runs
+:func:`fit_and_score` with one truth per mode, each in its own shared store
+(:func:`store_dir_for`, keyed by :mod:`dsalib.stores`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import baselines, metrics, methods, surveys
+from .config import EnhancementConfig
 from .errors import ParameterError
 from .results import ResultStore, RunKey, code_version
+from .stores import DEFAULT_STORE_ROOT, store_dir, store_key
+from .surveys import SubgroupTable
+
+__all__ = ["EnhancementConfig", "Truth", "Fitted", "fit_and_score", "run_enhancement", "store_dir_for",
+           "store_settings", "rows_of", "load_per_subgroup_modes", "with_distributions", "summary_table"]
+
+
+# --------------------------------------------------------------------------
+# The one protocol loop
+# --------------------------------------------------------------------------
 
 
 @dataclass
-class EnhancementConfig:
-    dataset: str = "ess9"
-    questions: Sequence[str] | None = None
-    background: Sequence[str] | None = None
-    n: int = 500
-    seeds: Sequence[int] = (0, 1, 2, 3, 4)
-    mode: str = "full"
-    methods: Sequence[str] = ("TS", "MNL", "POLR", "EB-MNL", "Direct", "PE", "AAE", "TKFT", "DSA", "EB-DSA")
-    model: str = "smollm2-135m"
-    min_eval_size: int = 10
-    phase1: dict = field(default_factory=dict)
-    phase2: dict = field(default_factory=dict)
-    strategy: str = "last_layer"
-    data_dir: str | None = None
-    source: str = "auto"
-    weighted_truth: bool = False
-    template: str = "default"
+class Truth:
+    """One ground truth that fitted methods are scored against, and where its results go.
 
-    def check(self) -> None:
-        from .prompts import TEMPLATES
+    ``table``: the evaluated subgroups (each with at least ``min_eval_size``
+    respondents); ``key(method)``: the store key of a method's result;
+    ``context``: fields every record of this truth carries; ``columns(per)``:
+    adds per-subgroup columns (e.g. the training size or the population);
+    ``applies(method)``: whether the method is scored on this truth.
+    """
 
-        if self.mode not in surveys.TRUTH_MODES:
-            raise ParameterError(f"mode must be one of {surveys.TRUTH_MODES}, got {self.mode!r}")
-        if self.template not in TEMPLATES:
-            raise ParameterError(f"unknown prompt template {self.template!r}; choose from {', '.join(TEMPLATES)}")
-        unknown = [m for m in self.methods if m not in methods.ALL]
-        if unknown:
-            raise ParameterError(f"unknown method(s) {unknown}; choose from {', '.join(methods.ALL)}")
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ParameterError(f"n must be a positive integer, got {self.n!r}")
-        if not self.seeds:
-            raise ParameterError("seeds must list at least one seed")
+    store: ResultStore
+    key: Callable[[str], object]
+    table: SubgroupTable
+    context: dict = field(default_factory=dict)
+    label: str = ""
+    columns: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    applies: Callable[[str], bool] = lambda name: True
+
+    def pending(self, name: str) -> bool:
+        return self.applies(name) and not self.store.has(self.key(name))
+
+
+@dataclass
+class Fitted:
+    """A method fitted once on the training set: ``predict(truth)`` gives one distribution per truth subgroup."""
+
+    predict: Callable[[Truth], np.ndarray]
+    record: dict = field(default_factory=dict)  # fields added to every record (e.g. the training report)
+    method: object = None  # the fitted method object (e.g. the prior of EB-<name>)
+
+
+def fit_and_score(names: Sequence[str], truths: Sequence[Truth], fit: Callable[[str, dict], Fitted], seed: int,
+                  min_eval_size: int, progress: Callable[[str], None] | None = print, floor: bool = True) -> int:
+    """Fit each method once, score it on every truth that lacks its result, store; add each truth's noise floor.
+
+    ``fit(name, fitted)`` fits method ``name`` (``fitted``: the methods fitted
+    so far in this call, by name, e.g. the prior of ``EB-<name>``).  A method
+    is fitted only when some truth still lacks its result or a later pending
+    ``EB-<name>`` needs it as its prior.  Returns the number of records stored.
+    ``floor=False`` leaves the noise floor to another job (:mod:`dsalib.grid`
+    computes it with the statistical methods).
+    """
+    saved = 0
+    for t in truths if floor else ():
+        floor_key = t.key("floor")
+        if not t.store.has(floor_key):
+            per = baselines.noise_floor(t.table, seed=int(seed), min_size=min_eval_size)
+            per = with_distributions(_columns(t, per), t.table.dist, "truth")
+            t.store.save(floor_key, {**t.context, **metrics.summarize(per), "seconds": 0.0}, per)
+            saved += 1
+    names = list(dict.fromkeys(names))
+    fitted: dict = {}
+    for name in names:
+        todo = [t for t in truths if t.pending(name)]
+        eb = f"EB-{name}"
+        needed_as_prior = eb in names and any(t.pending(eb) for t in truths)
+        if not todo and not needed_as_prior:
+            continue
+        t0 = time.perf_counter()
+        model = fit(name, fitted)
+        fit_seconds = time.perf_counter() - t0
+        fitted[name] = model
+        for t in todo:
+            t1 = time.perf_counter()
+            pred = model.predict(t)
+            per = metrics.evaluate(pred, t.table, min_eval_size)
+            per = with_distributions(_columns(t, per), pred, "pred")
+            record = {**t.context, **metrics.summarize(per), "seconds": fit_seconds + time.perf_counter() - t1,
+                      "fit_seconds": fit_seconds, **model.record}
+            t.store.save(t.key(name), record, per)
+            saved += 1
+            if progress:
+                progress(f"{t.label} {name}: jsd={record['jsd_mean']:.4f} wd_scaled={record['wd_scaled_mean']:.4f} "
+                         f"({record['seconds']:.1f}s)")
+    return saved
+
+
+def _columns(t: Truth, per: pd.DataFrame) -> pd.DataFrame:
+    return t.columns(per) if t.columns is not None else per
+
+
+# --------------------------------------------------------------------------
+# Enhancement
+# --------------------------------------------------------------------------
 
 
 def _order_methods(names: Sequence[str]) -> list[str]:
@@ -65,129 +133,131 @@ def _order_methods(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda m: (m.startswith("EB-") and m.removeprefix("EB-") in names, names.index(m)))
 
 
-#: Where shared stores live by default (relative to the repository root; see :func:`store_dir_for`).
-DEFAULT_STORE_ROOT = "cache/runs"
-#: Config fields that do not change a stored result (they select which keys run).
-_NOT_IN_STORE = ("seeds", "methods", "questions", "data_dir")
+#: EnhancementConfig fields that do not change a stored result (they select which keys run, or where things go).
+_NOT_IN_STORE = ("seeds", "methods", "questions", "modes", "data_dir", "source", "prefix_cache", "store_root",
+                 "output_dir")
 
 
-def store_config(cfg: EnhancementConfig, mode: str | None = None) -> dict:
-    """The settings a stored Enhancement result depends on (what a store is keyed by)."""
-    conf = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_STORE}
-    conf["mode"] = mode or cfg.mode
+def store_settings(cfg: EnhancementConfig, mode: str, survey) -> dict:
+    """The resolved settings a stored Enhancement result depends on (defaults filled in, background resolved)."""
+    params = EnhancementConfig.to_params(cfg)
+    conf = {f.name: params[f.name] for f in fields(EnhancementConfig) if f.name not in _NOT_IN_STORE}
+    conf["background"] = list(survey.check_background(cfg.background))
+    conf["mode"] = mode
     return conf
 
 
-def store_dir_for(cfg: EnhancementConfig, mode: str | None = None, root: str | Path = DEFAULT_STORE_ROOT) -> Path:
-    """The shared store of a configuration: ``root/enhancement-<dataset>-<mode>-n<n>-<hash>``.
+def _survey_of(cfg, survey=None):
+    """``survey``, or the survey of ``cfg`` loaded with only the questions and background it uses."""
+    if survey is not None:
+        return survey
+    return surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
+                               background=cfg.background)
 
-    Every notebook that runs the Enhancement protocol with the same settings
-    (dataset, n, truth mode, model, template, training configs, ...) uses the
-    same folder, so results computed by one study (e.g. ``enhancement``) are
-    reused by the others (``unseen_backgrounds``, ``robustness``,
-    ``data_efficiency``) instead of being recomputed.  The hash covers
-    :func:`store_config`; the store also records that config in ``store.json``.
+
+def store_dir_for(cfg: EnhancementConfig, mode: str, root: str | Path = DEFAULT_STORE_ROOT, survey=None) -> Path:
+    """The shared store of a configuration and truth mode: ``root/enhancement-<dataset>-<mode>-n<n>-<hash>``.
+
+    The hash covers :func:`dsalib.stores.store_key` of :func:`store_settings`
+    (code version, resolved settings, dataset spec, data fingerprint), so
+    every study that runs the Enhancement protocol with the same settings
+    (``enhancement``, ``unseen_backgrounds``, ``robustness``,
+    ``data_efficiency``, ``ablations``) reuses the results, and any change
+    that could change a result gives a new store.  ``survey``: the loaded
+    survey (loaded from ``cfg`` when not given).
     """
-    import hashlib
+    survey = _survey_of(cfg, survey)
+    key = store_key("enhancement", store_settings(cfg, mode, survey), survey)
+    return store_dir(root, ["enhancement", survey.name, mode, f"n{cfg.n}"], key)
 
-    from .results import resolve_output_dir, to_json
 
-    conf = store_config(cfg, mode)
-    digest = hashlib.sha256(to_json(conf).encode()).hexdigest()[:10]
-    return resolve_output_dir(root) / f"enhancement-{cfg.dataset}-{conf['mode']}-n{cfg.n}-{digest}"
+def _open_stores(cfg, modes, survey, store_root, store_dir_arg) -> dict:
+    stores = {}
+    for mode in modes:
+        key = store_key("enhancement", store_settings(cfg, mode, survey), survey)
+        path = (Path(store_dir_arg) if store_dir_arg is not None
+                else store_dir(store_root, ["enhancement", survey.name, mode, f"n{cfg.n}"], key))
+        stores[mode] = ResultStore(path, config=key)
+    return stores
 
 
 def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None, lm=None, progress=print,
-                    modes: Sequence[str] | None = None, store_root: str | Path = DEFAULT_STORE_ROOT) -> pd.DataFrame:
-    """Run (or resume) the Enhancement study; returns the stores' tidy table (column ``truth_mode``).
+                    modes: Sequence[str] | None = None, store_root: str | Path = DEFAULT_STORE_ROOT,
+                    survey=None, floor: bool = True) -> pd.DataFrame:
+    """Run (or resume) the Enhancement protocol; returns the stores' tidy table (column ``truth_mode``).
 
-    ``modes``: the ground-truth modes to evaluate (default ``[cfg.mode]``).
+    ``modes``: the ground-truth modes to evaluate (default ``cfg.modes``).
     The training sample of a seed is the same in every mode, so each method
     is fitted once per (question, seed) and scored against every mode's
-    truth.  Each mode has its own store: ``store_dir`` (one mode only) or the
-    shared :func:`store_dir_for` under ``store_root``.
+    truth (:func:`fit_and_score`).  Each mode has its own store: ``store_dir``
+    (one mode only) or the shared :func:`store_dir_for` under ``store_root``.
+    ``survey``: the loaded survey (loaded from ``cfg`` when not given).
+    ``floor=False``: the noise floor is left to another job (:mod:`dsalib.grid`).
     """
-    cfg.check()
-    modes = list(dict.fromkeys(modes or [cfg.mode]))
+    if not isinstance(cfg, EnhancementConfig):
+        raise ParameterError(f"run_enhancement needs an EnhancementConfig, got {type(cfg).__name__}")
+    modes = list(dict.fromkeys(modes if modes is not None else cfg.modes))
     bad = [m for m in modes if m not in surveys.TRUTH_MODES]
-    if bad:
-        raise ParameterError(f"truth modes must be among {surveys.TRUTH_MODES}, got {bad}")
+    if bad or not modes:
+        raise ParameterError(f"truth modes must be a non-empty list among {surveys.TRUTH_MODES}, got {modes}")
     if store_dir is not None and len(modes) > 1:
         raise ParameterError("store_dir names one store; with several truth modes give store_root instead")
-    survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
+    survey = _survey_of(cfg, survey)
     questions = surveys.iter_questions(survey, cfg.questions)
     attrs = survey.check_background(cfg.background)
-    stores = {}
-    for mode in modes:
-        conf = {**store_config(cfg, mode), "source_name": survey.source_name}
-        path = Path(store_dir) if store_dir is not None else store_dir_for(cfg, mode, store_root)
-        stores[mode] = ResultStore(path, config=conf)
-    need_lm = any(methods.needs_model(m) for m in cfg.methods)
+    for q in questions:
+        surveys.check_levels_populated(survey, q, attrs)
+    stores = _open_stores(cfg, modes, survey, store_root, store_dir)
     order = _order_methods(cfg.methods)
     commit = code_version()["commit"][:12]  # each record says which code computed it (stores outlive commits)
     for q in questions:
-        surveys.check_levels_populated(survey, q, attrs)
         for seed in cfg.seeds:
-            keys = [RunKey("enhancement", cfg.dataset, q, int(seed), m) for m in order + ["floor"]]
-            if not any(stores[mode].pending(keys) for mode in modes):
+            def key(name, q=q, seed=seed):
+                return RunKey("enhancement", cfg.dataset, q, int(seed), name)
+
+            if not any(stores[mode].pending([key(m) for m in order + (["floor"] if floor else [])]) for mode in modes):
                 continue
             splits = {mode: surveys.enhancement_split(survey, q, cfg.n, int(seed), mode, attrs, cfg.weighted_truth)
                       for mode in modes}
             train = splits[modes[0]].train
-            contexts = {}
+            truths = []
             for mode, split in splits.items():
                 context = {k: v for k, v in split.describe().items() if k not in ("dataset", "question", "seed")}
                 context.update(source=survey.source_name, source_respondents=survey.n_respondents,
                                template=cfg.template, code_commit=commit)
-                contexts[mode] = context
-                store, floor_key = stores[mode], keys[-1]
-                if not store.has(floor_key):
-                    per = baselines.noise_floor(split.truth, seed=int(seed), min_size=cfg.min_eval_size)
-                    kept = split.truth.n >= cfg.min_eval_size
-                    per = with_distributions(per, split.truth.dist[kept], "truth")
-                    _, train_n = split.train.lookup(split.truth.keys[kept])
-                    per.insert(2, "train_n", train_n)
-                    store.save(floor_key, {**context, **metrics.summarize(per), "seconds": 0.0}, per)
-            if need_lm and lm is None:
+                table = split.truth.subset(split.truth.n >= cfg.min_eval_size)
+
+                def train_n(per, table=table, split=split):
+                    per = per.copy()
+                    per.insert(2, "train_n", split.train.lookup(table.keys)[1])
+                    return per
+
+                truths.append(Truth(stores[mode], key, table, context, f"{cfg.dataset} {q} seed={seed} [{mode}]",
+                                    columns=train_n))
+            if lm is None and any(methods.needs_model(m) and any(t.pending(m) for t in truths) for m in order):
                 from .llm_methods import LanguageModel
 
-                lm = LanguageModel.load(cfg.model)
-            fitted: dict = {}
-            for name, key in zip(order, keys):
-                todo = [mode for mode in modes if not stores[mode].has(key)]
-                eb_key = RunKey("enhancement", cfg.dataset, q, int(seed), "EB-" + name)
-                eb_pending = f"EB-{name}" in order and any(not stores[m].has(eb_key) for m in modes)
-                if not todo and not eb_pending:
-                    continue  # stored in every mode, and no pending EB-<name> needs it as its prior
-                t0 = time.perf_counter()
-                prior = fitted.get(name.removeprefix("EB-")) if name.startswith("EB-") else None
-                method = methods.make_method(name, lm=lm, survey=survey, prior=prior, phase1=cfg.phase1,
-                                             phase2=cfg.phase2, strategy=cfg.strategy, seed=int(seed),
-                                             template=cfg.template)
+                lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache)
+
+            def fit(name, fitted, seed=seed):
+                prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \
+                    name.removeprefix("EB-") in fitted else None
+                method = methods.make_method(name, lm=lm, survey=survey, prior=prior,
+                                             phase1=replace(cfg.phase1, seed=int(seed)),
+                                             phase2=replace(cfg.phase2, seed=int(seed)), strategy=cfg.strategy,
+                                             seed=int(seed), template=cfg.template)
                 method.fit(train)
-                fit_seconds = time.perf_counter() - t0
-                fitted[name] = method
-                for mode in todo:
-                    # only evaluated subgroups are predicted: smaller ones would cost prompts for nothing
-                    truth = splits[mode].truth.subset(splits[mode].truth.n >= cfg.min_eval_size)
-                    t1 = time.perf_counter()
-                    pred = method.predict(truth.keys)
-                    per = metrics.evaluate(pred, truth, cfg.min_eval_size)
-                    per = with_distributions(per, pred, "pred")
-                    record = {**contexts[mode], **metrics.summarize(per),
-                              "seconds": fit_seconds + time.perf_counter() - t1, "fit_seconds": fit_seconds}
-                    if methods.needs_model(name):
-                        record["model"] = cfg.model
-                        record["option_rule"] = lm.describe(truth.n_options)
-                    report = getattr(method, "report", None)
-                    if report:
-                        record["report"] = report
-                    if hasattr(method, "alpha_"):
-                        record["eb_alpha"] = method.alpha_
-                    stores[mode].save(key, record, per)
-                    if progress:
-                        progress(f"{cfg.dataset} {q} seed={seed} {name} [{mode}]: jsd={record['jsd_mean']:.4f} "
-                                 f"wd_scaled={record['wd_scaled_mean']:.4f} ({record['seconds']:.1f}s)")
+                extra = {}
+                if methods.needs_model(name):
+                    extra["model"] = cfg.model
+                    extra["option_rule"] = lm.describe(train.n_options)
+                if getattr(method, "report", None):
+                    extra["report"] = method.report
+                if hasattr(method, "alpha_"):
+                    extra["eb_alpha"] = method.alpha_
+                return Fitted(lambda t: method.predict(t.table.keys), extra, method)
+
+            fit_and_score(order, truths, fit, int(seed), cfg.min_eval_size, progress, floor=floor)
     frames = []
     for mode in modes:
         df = stores[mode].load_all()
@@ -213,12 +283,16 @@ def rows_of(cfg: EnhancementConfig, df: pd.DataFrame, questions: Sequence[str] |
     return df[keep].reset_index(drop=True)
 
 
-def load_per_subgroup_modes(cfg: EnhancementConfig, modes: Sequence[str], store_root: str | Path = DEFAULT_STORE_ROOT
-                            ) -> pd.DataFrame:
-    """The per-subgroup rows of ``cfg`` (:func:`rows_of`) in its shared stores, for each truth mode (column ``truth_mode``)."""
+def load_per_subgroup_modes(cfg: EnhancementConfig, modes: Sequence[str] | None = None,
+                            store_root: str | Path = DEFAULT_STORE_ROOT, survey=None) -> pd.DataFrame:
+    """The per-subgroup rows of ``cfg`` (:func:`rows_of`) in its shared stores, for each truth mode (column ``truth_mode``).
+
+    ``modes``: default ``cfg.modes``.
+    """
+    survey = _survey_of(cfg, survey)
     frames = []
-    for mode in modes:
-        df = ResultStore(store_dir_for(cfg, mode, store_root)).load_all_per_subgroup()
+    for mode in (modes if modes is not None else cfg.modes):
+        df = ResultStore(store_dir_for(cfg, mode, store_root, survey)).load_all_per_subgroup()
         df["truth_mode"] = mode
         frames.append(df)
     return rows_of(cfg, pd.concat(frames, ignore_index=True))

@@ -52,19 +52,19 @@ Honest references that use no language model (each uses only the training set):
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from . import baselines, metrics, prompts, surveys
+from . import baselines, prompts, surveys
+from .config import GenerationConfig
 from .errors import DsaError, ParameterError
 from .llm_methods import FineTuned
 from .results import ResultStore
+from .stores import DEFAULT_STORE_ROOT, store_dir, store_key
 from .surveys import SubgroupTable, Survey
 
 SPLITS = ("NewQ", "NewP", "Both")
@@ -73,72 +73,11 @@ REFERENCES = ("QMean", "Marginal", "TS-drop", "MNL-drop")
 ALL_METHODS = LLM_METHODS + REFERENCES
 #: Which reference applies to which split (the others are not defined there).
 REFERENCE_SPLITS = {"QMean": ("NewQ", "Both"), "Marginal": SPLITS, "TS-drop": ("NewP",), "MNL-drop": ("NewP",)}
-DEFAULT_STORE_ROOT = "cache/runs"
 
 
 # --------------------------------------------------------------------------
-# Configuration and splits
+# Splits (the configuration is dsalib.config.GenerationConfig)
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationConfig:
-    dataset: str = "gss2018"
-    train_questions: Sequence[str] = ()
-    test_questions: Sequence[str] = ()
-    background: Sequence[str] | None = None
-    heldout_attribute: str = "party"
-    heldout_levels: Sequence[str] = ("Independent",)
-    excluded_levels: Sequence[str] = ()
-    methods: Sequence[str] = ALL_METHODS
-    model: str = "smollm2-135m"
-    seeds: Sequence[int] = (0,)
-    min_eval_size: int = 10
-    min_train_subgroups: int = 2
-    phase1: dict = field(default_factory=dict)
-    phase2: dict = field(default_factory=dict)
-    strategy: str = "last_layer"
-    template: str = "default"
-    data_dir: str | None = None
-    source: str = "auto"
-
-    def check(self) -> None:
-        """Checks that need no data (names, types, overlaps)."""
-        from .prompts import TEMPLATES
-
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
-        if unknown:
-            raise ParameterError(f"unknown generation method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
-        if not self.methods:
-            raise ParameterError("methods must list at least one method")
-        for name in ("train_questions", "test_questions", "heldout_levels", "excluded_levels"):
-            value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                raise ParameterError(f"{name} must be a list, got {value!r}")
-        if len(self.train_questions) < 1:
-            raise ParameterError("train_questions must list at least one training question")
-        if len(self.test_questions) < 1:
-            raise ParameterError("test_questions must list at least one unseen (NewQ) question")
-        for name in ("train_questions", "test_questions"):
-            value = list(getattr(self, name))
-            if len(set(value)) != len(value):
-                raise ParameterError(f"{name} lists a question twice: {value}")
-        both = sorted(set(self.train_questions) & set(self.test_questions))
-        if both:
-            raise ParameterError(f"test question(s) {both} are also training questions; NewQ needs unseen questions")
-        if not self.heldout_levels:
-            raise ParameterError("heldout_levels must name at least one level of the held-out attribute (NewP)")
-        clash = sorted(set(self.heldout_levels) & set(self.excluded_levels))
-        if clash:
-            raise ParameterError(f"level(s) {clash} are both held out and excluded; list each level once")
-        if self.template not in TEMPLATES:
-            raise ParameterError(f"unknown prompt template {self.template!r}; choose from {', '.join(TEMPLATES)}")
-        if not self.seeds:
-            raise ParameterError("seeds must list at least one seed")
-        for name in ("min_eval_size", "min_train_subgroups"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ParameterError(f"{name} must be a positive integer, got {v!r}")
 
 
 @dataclass
@@ -185,7 +124,6 @@ class GenerationSplit:
 
 def make_split(survey: Survey, cfg: GenerationConfig) -> GenerationSplit:
     """Build the training set and the NewQ / NewP / Both truths; every bad input is a clear error."""
-    cfg.check()
     train_qs = tuple(surveys.iter_questions(survey, cfg.train_questions))
     test_qs = tuple(surveys.iter_questions(survey, cfg.test_questions))
     attrs = survey.check_background(cfg.background)
@@ -333,10 +271,8 @@ class MultiQuestionFineTuned(FineTuned):
 
 
 def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) -> MultiQuestionFineTuned:
-    from .train import Phase1Config, Phase2Config
-
-    p1 = Phase1Config(**{"seed": seed, **dict(cfg.phase1)})
-    p2 = Phase2Config(**{"seed": seed, **dict(cfg.phase2)})
+    p1 = replace(cfg.phase1, seed=int(seed))
+    p2 = replace(cfg.phase2, seed=int(seed))
     return MultiQuestionFineTuned(lm=lm, survey=survey, template=cfg.template, name=name, phase2=(name == "DSA"),
                                   strategy=cfg.strategy, phase1_config=p1, phase2_config=p2)
 
@@ -424,30 +360,26 @@ def reference_predict(name: str, split: GenerationSplit, which: str, question: s
 # The driver
 # --------------------------------------------------------------------------
 
-_NOT_IN_STORE = ("seeds", "methods", "data_dir")
+#: GenerationConfig fields that do not change a stored result (they select which keys run, or where things go).
+_NOT_IN_STORE = ("seeds", "methods", "data_dir", "source", "prefix_cache", "store_root", "output_dir")
 
 
-def store_dir_for(cfg: GenerationConfig, root: str | Path = DEFAULT_STORE_ROOT) -> Path:
-    """The resumable store of a configuration: ``root/generation-<dataset>-<hash>``."""
-    from .results import resolve_output_dir, to_json
+def store_settings(cfg: GenerationConfig, survey: Survey) -> dict:
+    """The resolved settings a stored Generation result depends on (defaults filled in, background resolved)."""
+    conf = {k: v for k, v in cfg.to_params().items() if k not in _NOT_IN_STORE}
+    conf["background"] = list(survey.check_background(cfg.background))
+    return conf
 
-    conf = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_STORE}
-    digest = hashlib.sha256(to_json(conf).encode()).hexdigest()[:10]
-    return resolve_output_dir(root) / f"generation-{cfg.dataset}-{digest}"
+
+def store_dir_for(cfg: GenerationConfig, root: str | Path = DEFAULT_STORE_ROOT, survey: Survey | None = None) -> Path:
+    """The resumable store of a configuration: ``root/generation-<dataset>-<hash>`` (see :mod:`dsalib.stores`)."""
+    survey = survey if survey is not None else surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir,
+                                                                   source=cfg.source)
+    return store_dir(root, ["generation", survey.name], store_key("generation", store_settings(cfg, survey), survey))
 
 
 def _key(split: str, question: str, seed: int, method: str) -> dict:
     return {"study": "generation", "split": split, "question": question, "seed": int(seed), "method": method}
-
-
-def _per_subgroup(pred: np.ndarray, truth: SubgroupTable, split: GenerationSplit, min_size: int) -> pd.DataFrame:
-    from .experiments import with_distributions
-
-    per = metrics.evaluate(pred, truth, min_size)
-    per.insert(2, "population", [split.survey.background[split.heldout_attribute].level_names[k]
-                                 for k in truth.keys[:, split.heldout_index]])
-    per = with_distributions(per, truth.dist, "truth")
-    return with_distributions(per, pred, "pred")
 
 
 def methods_for(split_name: str, methods: Sequence[str]) -> list[str]:
@@ -460,74 +392,61 @@ def run_generation(cfg: GenerationConfig, lm=None, store_root: str | Path = DEFA
     """Run (or resume) the Generation study; returns (summary rows, per-subgroup rows).
 
     For each seed the fine-tuned methods are trained once on the whole
-    training set and predict every split; results are stored per
+    training set and predict every split (:func:`dsalib.experiments.fit_and_score`,
+    one truth per (split, question)); results are stored per
     (split, question, seed, method) in :func:`store_dir_for`, so an
     interrupted run resumes.  Method ``floor`` is the noise floor.
     """
-    cfg.check()
+    from .experiments import Fitted, Truth, fit_and_score, with_distributions
+
+    if not isinstance(cfg, GenerationConfig):
+        raise ParameterError(f"run_generation needs a GenerationConfig, got {type(cfg).__name__}")
     if split is None:
         survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
         split = make_split(survey, cfg)
     survey = split.survey
-    conf = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_STORE}
-    store = ResultStore(store_dir_for(cfg, store_root), config={**conf, "source_name": survey.source_name})
+    key = store_key("generation", store_settings(cfg, survey), survey)
+    store = ResultStore(store_dir(store_root, ["generation", survey.name], key), config=key)
     pop = {"NewQ": "training", "NewP": "unseen", "Both": "unseen"}
+    names = survey.background[split.heldout_attribute].level_names
+
+    def population(per, table):
+        per = per.copy()
+        per.insert(2, "population", [names[k] for k in table.keys[:, split.heldout_index]])
+        return with_distributions(per, table.dist, "truth")
+
     for seed in cfg.seeds:
         seed = int(seed)
         context = {"dataset": cfg.dataset, "source": survey.source_name, "heldout_attribute": split.heldout_attribute,
                    "heldout_levels": ",".join(split.heldout_levels), "template": cfg.template,
                    "train_questions": ",".join(split.train_questions),
                    "train_respondents": int(len(split.train_rows))}
-        fitted: dict = {}
-        for name in ["floor"] + list(dict.fromkeys(cfg.methods)):
-            todo = [(s, q) for s in SPLITS for q in split.truths[s]
-                    if (name == "floor" or name in methods_for(s, cfg.methods)) and not store.has(_key(s, q, seed, name))]
-            if not todo:
-                continue
-            t0 = time.perf_counter()
-            extra: dict = {}
-            if name in ("TKFT", "DSA"):
-                if lm is None:
-                    raise ParameterError(f"method {name} needs a language model (lm=...)")
-                ft = fine_tuned(name, lm, survey, cfg, seed).fit_questions(split.train)
-                fitted[name] = ft
-                rep = ft.report
-                extra = {"phase1_epochs": int(rep["phase1"]["epochs"]),
-                         "phase2_kept": rep.get("phase2_kept"),
-                         "phase2_pairs": (rep.get("phase2") or {}).get("pairs"),
-                         "train_prompts": int(ft.train.n_subgroups)}
-            fit_seconds = time.perf_counter() - t0
-            for s, q in todo:
-                truth = split.truths[s][q]
-                t1 = time.perf_counter()
-                if name == "floor":
-                    per = baselines.noise_floor(truth, seed=seed, min_size=cfg.min_eval_size)
-                    per.insert(2, "population", [survey.background[split.heldout_attribute].level_names[k]
-                                                 for k in truth.keys[:, split.heldout_index]])
-                    from .experiments import with_distributions
+        truths = []
+        for s in SPLITS:
+            for q, table in split.truths[s].items():
+                truths.append(Truth(store, lambda name, s=s, q=q: _key(s, q, seed, name), table,
+                                    {**context, "population": pop[s], "truth_respondents": int(table.n_respondents)},
+                                    f"{s} {q} seed={seed}", columns=lambda per, table=table: population(per, table),
+                                    applies=lambda name, s=s: name in methods_for(s, cfg.methods)))
 
-                    per = with_distributions(per, truth.dist, "truth")
-                else:
-                    if name in ("Direct", "PE"):
-                        if lm is None:
-                            raise ParameterError(f"method {name} needs a language model (lm=...)")
-                        pred = zero_shot(lm, survey, q, truth.keys, split.attributes,
-                                         "persona" if name == "PE" else cfg.template)
-                    elif name in fitted:
-                        pred = fitted[name].predict_question(q, truth.keys)
-                    else:
-                        pred = reference_predict(name, split, s, q, truth.keys, seed)
-                    per = _per_subgroup(pred, truth, split, cfg.min_eval_size)
-                record = {**context, "population": pop[s], **metrics.summarize(per),
-                          "truth_respondents": int(truth.n_respondents),
-                          "seconds": fit_seconds / max(len(todo), 1) + time.perf_counter() - t1,
-                          "fit_seconds": fit_seconds, **extra}
-                if name in LLM_METHODS:
-                    record["model"] = cfg.model
-                store.save(_key(s, q, seed, name), record, per)
-                if progress and name != "floor":
-                    progress(f"{s} {q} seed={seed} {name}: jsd={record['jsd_mean']:.4f} "
-                             f"wd_scaled={record['wd_scaled_mean']:.4f}")
+        def fit(name, fitted, seed=seed):
+            if name in LLM_METHODS and lm is None:
+                raise ParameterError(f"method {name} needs a language model (lm=...)")
+            extra = {"model": cfg.model} if name in LLM_METHODS else {}
+            if name in ("Direct", "PE"):
+                template = "persona" if name == "PE" else cfg.template
+                return Fitted(lambda t: zero_shot(lm, survey, t.table.question, t.table.keys, split.attributes,
+                                                  template), extra)
+            if name in ("TKFT", "DSA"):
+                ft = fine_tuned(name, lm, survey, cfg, seed).fit_questions(split.train)
+                rep = ft.report
+                extra.update(phase1_epochs=int(rep["phase1"]["epochs"]), phase2_kept=rep.get("phase2_kept"),
+                             phase2_pairs=(rep.get("phase2") or {}).get("pairs"), train_prompts=int(ft.train.n_subgroups))
+                return Fitted(lambda t: ft.predict_question(t.table.question, t.table.keys), extra, ft)
+            return Fitted(lambda t: reference_predict(name, split, t.table.meta["split"], t.table.question,
+                                                      t.table.keys, seed), extra)
+
+        fit_and_score(cfg.methods, truths, fit, seed, cfg.min_eval_size, progress)
     res = store.load_all()
     per = store.load_all_per_subgroup()
     keep = lambda df: df[df.seed.isin([int(s) for s in cfg.seeds]) & df.method.isin(list(cfg.methods) + ["floor"])

@@ -138,6 +138,12 @@ def load_model(
         folder = _converted_embedded(model, models_cache_root(cache_dir))
         lm, tok = _from_pretrained(str(folder), dtype, trust_remote_code, local_files_only=True)
     elif Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file() or not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
+            raise ModelNotFoundError(
+                f"model folder {folder} has no config.json and weights (*.safetensors or *.bin); point to a folder "
+                "saved with save_pretrained, or give a model name"
+            )
         lm, tok = _from_pretrained(str(Path(model).expanduser()), dtype, trust_remote_code, local_files_only=True)
     else:
         lm, tok = _load_hub(model, dtype, trust_remote_code, local_files_only)

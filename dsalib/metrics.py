@@ -36,18 +36,32 @@ METRIC_RULES = {
 }
 
 
+#: How far a distribution's row sum may be from 1 (float32 softmax outputs stay well within it).
+SUM_TOLERANCE = 1e-6
+
+
 def _as_2d(p) -> np.ndarray:
     a = np.asarray(p, dtype=float)
     return a[None, :] if a.ndim == 1 else a
 
 
 def _check_pair(p: np.ndarray, q: np.ndarray) -> None:
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise DsaError(f"distributions must be vectors or (rows × options) arrays with ≥ 2 options, got shape {p.shape}")
     if p.shape != q.shape:
         raise DsaError(f"distributions have different shapes {p.shape} and {q.shape}")
     if not (np.isfinite(p).all() and np.isfinite(q).all()):
         raise DsaError("distributions contain NaN or infinite values")
     if (p < -1e-12).any() or (q < -1e-12).any():
         raise DsaError("distributions contain negative probabilities")
+    for name, a in (("p", p), ("q", q)):
+        sums = a.sum(axis=1)
+        bad = np.flatnonzero(np.abs(sums - 1.0) > SUM_TOLERANCE)
+        if bad.size:
+            raise DsaError(
+                f"distribution {name} row {int(bad[0])} sums to {sums[bad[0]]:.6g}, not 1 (tolerance {SUM_TOLERANCE:g}); "
+                "pass probabilities (e.g. counts / counts.sum(axis=1, keepdims=True)), not counts"
+            )
 
 
 def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -112,7 +126,7 @@ def evaluate(pred: np.ndarray, truth, min_size: int = 10) -> pd.DataFrame:
             f"{truth.counts.shape} (subgroups × options)"
         )
     sums = pred.sum(axis=1)
-    if not np.allclose(sums, 1.0, atol=1e-6):
+    if not np.allclose(sums, 1.0, atol=SUM_TOLERANCE):
         worst = int(np.argmax(np.abs(sums - 1)))
         raise DsaError(f"prediction row {worst} sums to {sums[worst]:.6f}, not 1")
     keep = truth.n >= min_size

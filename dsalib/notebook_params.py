@@ -1,19 +1,11 @@
-"""Parameters of the study notebooks: which names a notebook declares, and the check of what it was given.
+"""The parameters cell of a study notebook: which names it declares and their default values.
 
 A study notebook ``notebooks/<study>.ipynb`` declares its settings in its one
-cell tagged ``parameters``; papermill injects overrides in a cell after it.
-A misspelt override (``-p seeds_ [0]``) would otherwise be silently ignored,
-so each notebook calls :func:`given_parameters` right after the injected cell:
-
-.. code-block:: python
-
-    _names_before_parameters = set(globals())   # last line of the cell before the parameters
-    # ... parameters cell ...
-    params = notebook_params.given_parameters("enhancement", globals(), _names_before_parameters)
-
-The declared names are read from the notebook's own parameters cell (the
-single source of truth); an unknown name raises
-:class:`~dsalib.errors.ParameterError` at the top of the notebook.
+cell tagged ``parameters`` (papermill injects overrides in a cell after it).
+The settings themselves are the fields of the study's configuration class in
+:mod:`dsalib.config`, which checks them (:func:`dsalib.config.from_notebook`);
+``tests/test_notebook_params.py`` checks that every parameters cell declares
+exactly those fields with the same defaults.
 """
 
 from __future__ import annotations
@@ -52,24 +44,3 @@ def declared_defaults(study: str, notebooks: str | Path = NOTEBOOKS) -> dict:
                 except (ValueError, SyntaxError):
                     defaults[t.id] = ...
     return defaults
-
-
-def given_parameters(study: str, namespace: dict, before: set, notebooks: str | Path = NOTEBOOKS) -> dict:
-    """The parameters a run was given (declared and injected), checked: an unknown name is an error."""
-    defaults = declared_defaults(study, notebooks)
-    declared = list(defaults)
-    given = {k: namespace[k] for k in namespace if k not in before and not k.startswith("_")}
-    for k, v in given.items():
-        if isinstance(defaults.get(k), (list, tuple, dict)) and isinstance(v, str):
-            kind = "a mapping" if isinstance(defaults[k], dict) else "a list"
-            raise ParameterError(
-                f"parameter {k!r} of the {study} notebook must be {kind}, got the text {v!r}; papermill's -p passes "
-                f"text: use -y \"{k}: {v}\" or a parameter file (-f)")
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise ParameterError(f"unknown parameter(s) {unknown} for the {study} notebook; "
-                             f"it declares {sorted(declared)} (check the spelling in the parameter file or -p option)")
-    missing = sorted(set(declared) - set(given))
-    if missing:
-        raise ParameterError(f"parameter(s) {missing} of the {study} notebook are not defined")
-    return {k: given[k] for k in declared}

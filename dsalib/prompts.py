@@ -16,6 +16,11 @@ Templates:
   the prompt-consistency experiment.  They change how the prompt is phrased,
   never what it says.
 
+Chat template (off by default): instruct models can be prompted through their
+tokenizer's chat template (:func:`apply_chat_template`): the prompt without its
+answer slot is the user's turn, the assistant's turn starts with the answer
+slot.  The paper's appendix B prompt, as plain text, is the default.
+
 Labels: ``letters`` (A, B, C, ...; one token each with or without a leading
 space in the tokenizers we use) is the default, because digit labels on a
 0-10 scale need "10", which tokenizers split into two tokens.  ``digits``
@@ -134,3 +139,32 @@ def build_prompts(
         build_prompt(survey, question, k, attributes, template, labels, answer_suffix)
         for k in np.asarray(keys).tolist()
     ]
+
+
+def apply_chat_template(tokenizer, prompt: str, answer_suffix: str = "Answer:", **template_kwargs) -> str:
+    """``prompt`` wrapped in the tokenizer's chat template, for instruct models.
+
+    The prompt without its answer slot (``answer_suffix``) becomes the user's
+    message; the generation prompt (the assistant's turn) follows, then the
+    answer slot, so the next token is still read after ``answer_suffix``.
+    ``template_kwargs`` go to ``tokenizer.apply_chat_template`` (e.g.
+    ``enable_thinking=False`` for Qwen3).  A beginning-of-sequence token that
+    the template writes is dropped when the tokenizer adds one itself, so it is
+    not doubled when the text is tokenised.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise DsaError(
+            f"the tokenizer of this model has no chat template ({type(tokenizer).__name__}); "
+            "it is probably a base model: run without the chat template (chat_template=False)"
+        )
+    if answer_suffix and not prompt.endswith(answer_suffix):
+        raise DsaError(f"the prompt does not end with the answer slot {answer_suffix!r}; build it with that suffix")
+    body = prompt[: len(prompt) - len(answer_suffix)].rstrip() if answer_suffix else prompt
+    text = tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                         add_generation_prompt=True, **template_kwargs)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos):
+        probe = tokenizer("x", add_special_tokens=True)["input_ids"]
+        if probe and probe[0] == tokenizer.bos_token_id:
+            text = text[len(bos):]
+    return text + answer_suffix

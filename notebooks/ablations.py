@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -54,19 +54,20 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import experiments, notebook_params, results, robustness, surveys
-from dsalib.errors import ParameterError
-from dsalib.experiments import EnhancementConfig
+from dsalib import config, experiments, results, robustness, study
 
 sns.set_theme(style="whitegrid")
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/ablations/<name>.yaml).
+# Every setting of this study (dsalib.config.AblationsConfig; papermill overrides them with
+# -f params/ablations/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists).
 dataset = "ess9"  # a spec in params/datasets
 questions = None  # core questions of the phase comparison; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
+data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 n = 500  # training sample size
 seeds = [0, 1, 2, 3, 4]  # training samples of the phase comparison (as the enhancement study, so reused)
 subset_questions = ["imbgeco"]  # questions of the strategy and model comparisons (lora, full and other models are slow)
@@ -81,58 +82,22 @@ fixed_lr = 1e-3  # Phase 1 learning rate of the strategy rows (one epoch at the 
 phase1 = {}  # dsalib.train.Phase1Config fields shared by every row (epochs is set by the strategy rows)
 phase2 = {}  # dsalib.train.Phase2Config fields
 min_eval_size = 10  # smallest truth subgroup that is evaluated
+weighted_truth = False  # weight the truth by the survey's respondent weights
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
-output_dir = "outputs/ablations/ess9"  # relative paths are under the repository root
+output_dir = None  # None means runs/ablations/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # Every parameter is checked before anything runs.
 
 # %%
-params = notebook_params.given_parameters("ablations", globals(), _names_before_parameters)
-STRATEGIES = ("last_layer", "lora", "full")
-bad = [s for s in strategies if s not in STRATEGIES]
-if bad:
-    raise ParameterError(f"unknown strategy {bad}; choose from {STRATEGIES}")
-if isinstance(fixed_epochs, bool) or not isinstance(fixed_epochs, int) or fixed_epochs < 1:
-    raise ParameterError(f"fixed_epochs must be a positive integer, got {fixed_epochs!r}")
-if isinstance(fixed_lr, bool) or not isinstance(fixed_lr, (int, float)) or not 0 < fixed_lr < 1:
-    raise ParameterError(f"fixed_lr must be a learning rate between 0 and 1, got {fixed_lr!r}")
-if "epochs" in phase1:
-    raise ParameterError("phase1 must not set epochs: the phase and model rows choose them on validation "
-                         "and the strategy rows use fixed_epochs")
-robustness.check_model_names(list(models) if isinstance(models, (list, tuple)) else models)
-robustness.check_model_names([model])
-if len(set(models)) != len(models) or len(set(strategies)) != len(strategies):
-    raise ParameterError("models and strategies must not repeat an entry")
-bad = [m for m in strategy_methods if m not in ("TKFT", "DSA")]
-if bad or not strategy_methods:
-    raise ParameterError(f"strategy_methods must be TKFT and/or DSA, got {strategy_methods}")
-METHODS = ("TS", "TKFT", "DSA")
-
-
-def config(model_=model, strategy="last_layer", epochs=None, subset=True, methods_=METHODS):
-    p1 = dict(phase1) if epochs is None else {**phase1, "epochs": epochs, "lr": float(fixed_lr)}
-    cfg = EnhancementConfig(dataset=dataset, questions=subset_questions if subset else questions,
-                            background=background, n=n, seeds=tuple(subset_seeds if subset else seeds),
-                            mode=modes[0] if modes else "full", methods=tuple(methods_), model=model_,
-                            min_eval_size=min_eval_size, phase1=p1, phase2=dict(phase2), strategy=strategy)
-    cfg.check()
-    return cfg
-
-
-default_cfg = config(subset=False)
-subset_cfg = config()
-survey = surveys.load_survey(dataset)
-qs = surveys.iter_questions(survey, questions)
-sqs = surveys.iter_questions(survey, subset_questions)
-if not subset_seeds:
-    raise ParameterError("subset_seeds must list at least one seed")
-attrs = survey.check_background(background)
-for q in dict.fromkeys(qs + sqs):
-    surveys.check_levels_populated(survey, q, attrs)
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
+cfg = config.from_notebook("ablations", globals(), _names_before_parameters)
+robustness.check_model_names([model] + list(models))
+run = study.prepare(cfg, more_questions=[subset_questions])
+survey, qs, out, store_root = run.survey, run.questions, run.out, run.store_root
+sqs = list(subset_questions)
+default_cfg = cfg.run_config(subset=False)
+subset_cfg = cfg.run_config()
 display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
                  f"n = {n}; truth modes {list(modes)}. Phase comparison: questions {', '.join(qs)}, seeds {list(seeds)}. "
                  f"Strategy and model comparisons: questions {', '.join(sqs)}, seeds {list(subset_seeds)}; "
@@ -145,7 +110,7 @@ rules = {}
 
 
 def run(cfg, lm):
-    return experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
+    return experiments.run_enhancement(cfg, lm=lm, store_root=store_root, survey=survey)
 
 
 timing = []
@@ -158,7 +123,7 @@ runs.append(robustness.label_runs(res_default, part="phase", model=model, strate
 res_subset = run(subset_cfg, lm)  # the same store: runs already done above are reused
 runs.append(robustness.label_runs(res_subset, part="selected", model=model, strategy="last_layer", epochs="selected"))
 for s in strategies:
-    r = run(config(strategy=s, epochs=fixed_epochs, methods_=["TS"] + list(strategy_methods)), lm)
+    r = run(cfg.run_config(strategy=s, fixed=True, methods=["TS"] + list(strategy_methods)), lm)
     runs.append(robustness.label_runs(r, part="strategy", model=model, strategy=s, epochs=str(fixed_epochs)))
 for m in models:
     if m == model:
@@ -168,7 +133,7 @@ for m in models:
         gc.collect()
         lm = LanguageModel.load(m, prefix_cache_dir=prefix_cache)
         rules[m] = lm.describe()
-        r = run(config(model_=m), lm)
+        r = run(cfg.run_config(model=m), lm)
     runs.append(robustness.label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
 runs = pd.concat(runs, ignore_index=True)
 prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(models))),
@@ -281,11 +246,12 @@ glue(f"abl_{dataset}_fig", fig, display=False)
 results.show()
 
 # %%
-stores = [str(experiments.store_dir_for(default_cfg, m, store_root)) for m in modes]  # the subset runs share them
-stores += [str(experiments.store_dir_for(config(strategy=s, epochs=fixed_epochs), m, store_root))
+stores = [str(experiments.store_dir_for(default_cfg, m, store_root, survey)) for m in modes]  # the subset runs share them
+stores += [str(experiments.store_dir_for(cfg.run_config(strategy=s, fixed=True), m, store_root, survey))
            for s in strategies for m in modes]
-stores += [str(experiments.store_dir_for(config(model_=x), m, store_root)) for x in models if x != model for m in modes]
-meta = results.write_metadata(out, study="ablations", params=params, option_rule=rules, data=survey.describe(),
+stores += [str(experiments.store_dir_for(cfg.run_config(model=x), m, store_root, survey)) for x in models if x != model
+           for m in modes]
+meta = results.write_metadata(out, study="ablations", params=cfg.to_params(), option_rule=rules, data=survey.describe(),
                               stores=stores)
 
 # %% [markdown]
@@ -301,3 +267,7 @@ meta = results.write_metadata(out, study="ablations", params=params, option_rule
 # | 4B | 1+2 | LoRA | 0.111 |
 # | 4B | 1+2 | LastLayer | 0.108 |
 # | 32B | 1+2 | LastLayer | 0.105 |
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -41,7 +41,6 @@
 # (respondents outside the sample) has no such overlap.
 
 # %%
-import dataclasses
 import time
 
 import matplotlib
@@ -54,19 +53,20 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import efficiency, experiments, methods as method_registry, notebook_params, results, surveys
-from dsalib.errors import ParameterError
-from dsalib.experiments import EnhancementConfig
+from dsalib import config, efficiency, experiments, methods as method_registry, results, study
 
 sns.set_theme(style="whitegrid")
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/data_efficiency/<name>.yaml).
+# Every setting of this study (dsalib.config.DataEfficiencyConfig; papermill overrides them with
+# -f params/data_efficiency/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists).
 dataset = "ess9"  # a spec in params/datasets
 questions = None  # questions of the comparison at the reference size; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
+data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 n = 500  # reference training size (the enhancement study uses the same)
 seeds = [0, 1, 2, 3, 4]  # training samples at the reference size
 modes = ["full", "heldout"]  # ground truth: full (the paper) and/or heldout
@@ -77,6 +77,7 @@ phase1 = {}  # dsalib.train.Phase1Config fields
 phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
+weighted_truth = False  # weight the truth by the survey's respondent weights
 metric = "jsd_mean"  # the error compared: jsd_mean, jsd_wmean, wd_mean, wd_wmean, wd_scaled_mean or wd_scaled_wmean
 ts_sizes = [50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500]  # the TS grid of training sizes
 ts_n_seeds = 20  # TS samples per grid size (seeds 0, 1, and so on)
@@ -86,7 +87,7 @@ curve_questions = None  # questions of the runs across sizes; None means the que
 curve_seeds = [0, 1, 2]  # training samples of the runs across sizes
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
-output_dir = "outputs/data_efficiency/ess9"  # relative paths are under the repository root
+output_dir = None  # None means runs/data_efficiency/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # Every parameter is checked before anything runs: unknown names, methods,
@@ -95,32 +96,14 @@ output_dir = "outputs/data_efficiency/ess9"  # relative paths are under the repo
 # `min_eval_size` for the heldout truth) stop here with a message that names them.
 
 # %%
-params = notebook_params.given_parameters("data_efficiency", globals(), _names_before_parameters)
-efficiency.check_metric(metric)
-modes = efficiency.check_modes(modes)
-methods = efficiency.check_methods(methods, "methods")
-curve_methods = efficiency.check_methods(curve_methods, "curve_methods")
-seeds = efficiency.check_seeds(seeds, "seeds")
-curve_seeds = efficiency.check_seeds(curve_seeds, "curve_seeds")
-if isinstance(ts_n_seeds, bool) or not isinstance(ts_n_seeds, int) or ts_n_seeds < 2:
-    raise ParameterError(f"ts_n_seeds must be an integer of at least 2, got {ts_n_seeds!r}")
-cfg = EnhancementConfig(dataset=dataset, questions=questions, background=background, n=n, seeds=tuple(seeds),
-                        mode=modes[0], methods=tuple(methods), model=model,
-                        min_eval_size=min_eval_size, phase1=dict(phase1), phase2=dict(phase2), strategy=strategy,
-                        template=template)
-cfg.check()
-survey = surveys.load_survey(dataset)
-qs = surveys.iter_questions(survey, questions)
-cqs = surveys.iter_questions(survey, curve_questions if curve_questions is not None else qs)
+cfg = config.from_notebook("data_efficiency", globals(), _names_before_parameters)
+run = study.prepare(cfg, more_questions=[curve_questions])
+survey, qs, attrs, out, store_root = run.survey, run.questions, run.attributes, run.out, run.store_root
+cqs = list(curve_questions) if curve_questions is not None else qs
 grid_qs = list(dict.fromkeys(qs + cqs))
-attrs = survey.check_background(background)
-for q in grid_qs:
-    surveys.check_levels_populated(survey, q, attrs)
 ts_sizes = efficiency.check_sizes(survey, grid_qs, attrs, ts_sizes, modes, min_eval_size, "ts_sizes", at_least=2)
 curve_sizes = efficiency.check_sizes(survey, cqs, attrs, curve_sizes, modes, min_eval_size, "curve_sizes")
 efficiency.check_sizes(survey, qs, attrs, [n], modes, min_eval_size, "n")
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
 display(Markdown(
     f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents. "
     f"**Reference size** n = {n}: questions {', '.join(qs)}; samples {seeds}; methods {', '.join(methods)}. "
@@ -129,10 +112,11 @@ display(Markdown(
     f"**Error:** `{metric}`; truth modes {list(modes)}."))
 
 # %%
-ts_cfg = dataclasses.replace(cfg, questions=tuple(grid_qs), methods=("TS",), seeds=tuple(range(ts_n_seeds)))
-curve_cfg = dataclasses.replace(cfg, questions=tuple(cqs), methods=tuple(curve_methods), seeds=tuple(curve_seeds))
-pending = efficiency.pending_count(cfg, modes, store_root) + sum(
-    efficiency.pending_count(dataclasses.replace(curve_cfg, n=s), modes, store_root) for s in curve_sizes)
+ref_cfg = cfg.enhancement()
+ts_cfg = cfg.enhancement(questions=grid_qs, methods=["TS"], seeds=list(range(ts_n_seeds)))
+curve_cfg = cfg.enhancement(questions=cqs, methods=curve_methods, seeds=curve_seeds)
+pending = efficiency.pending_count(ref_cfg, modes, store_root, survey) + sum(
+    efficiency.pending_count(curve_cfg.replace(n=s), modes, store_root, survey) for s in curve_sizes)
 display(Markdown(f"Method results still to compute (reference size and across sizes): {pending}; "
                  "0 means they are all read back from the shared stores."))
 lm = None
@@ -143,13 +127,13 @@ if pending and uses_model:
     lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 stage_seconds = {}
 t0 = time.perf_counter()
-ref = efficiency.run_sizes(cfg, [n], modes, store_root, lm=lm)
+ref = efficiency.run_sizes(ref_cfg, [n], modes, store_root, lm=lm, survey=survey)
 stage_seconds["reference_size"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-ts = efficiency.run_sizes(ts_cfg, ts_sizes, modes, store_root, lm=lm, progress=None)
+ts = efficiency.run_sizes(ts_cfg, ts_sizes, modes, store_root, lm=lm, progress=None, survey=survey)
 stage_seconds["ts_grid"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-across = efficiency.run_sizes(curve_cfg, curve_sizes, modes, store_root, lm=lm)
+across = efficiency.run_sizes(curve_cfg, curve_sizes, modes, store_root, lm=lm, survey=survey)
 stage_seconds["across_sizes"] = time.perf_counter() - t0
 display(Markdown("Wall time per part (seconds; results already in the shared stores are read back, not recomputed): "
                  + ", ".join(f"{k} {v:.1f}" for k, v in stage_seconds.items())))
@@ -161,9 +145,9 @@ prov_curve = {**prov, "seeds": " ".join(str(s) for s in curve_seeds)}
 results.write_table(results.scalar_columns(ref), out / "reference_results.csv", prov)
 results.write_table(results.scalar_columns(ts), out / "ts_grid_results.csv", prov_ts)
 results.write_table(results.scalar_columns(across), out / "across_sizes_results.csv", prov_curve)
-results.write_metadata(out, study="data_efficiency", params=params, option_rule=option_rule, computed=pending,
+results.write_metadata(out, study="data_efficiency", params=cfg.to_params(), option_rule=option_rule, computed=pending,
                        data=survey.describe(), stage_seconds=stage_seconds,
-                       stores=sorted({str(experiments.store_dir_for(dataclasses.replace(cfg, n=s), m, store_root))
+                       stores=sorted({str(experiments.store_dir_for(ref_cfg.replace(n=s), m, store_root, survey))
                                       for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
 
 # %% [markdown]
@@ -340,3 +324,7 @@ results.show()
 # model and KL on the `full` truth; the runs above use a 135M model on the
 # embedded extracts, the JSD (or the chosen metric) and both truths, so the
 # numbers are not comparable one to one.
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

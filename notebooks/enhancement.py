@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -36,8 +36,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import experiments, methods as method_registry, notebook_params, results, surveys
-from dsalib.experiments import EnhancementConfig
+from dsalib import config, experiments, methods as method_registry, results, study
 
 from matplotlib_inline.backend_inline import set_matplotlib_formats
 
@@ -46,10 +45,13 @@ sns.set_theme(style="whitegrid")
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/enhancement/<name>.yaml).
+# Every setting of this study (dsalib.config.EnhancementConfig; papermill overrides them with
+# -f params/enhancement/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists and mappings).
 dataset = "ess9"  # a spec in params/datasets
 questions = None  # core questions; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
+data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 n = 500  # training sample size
 seeds = [0, 1, 2, 3, 4]  # one training sample per seed
 modes = ["full", "heldout"]  # ground truth: full (the paper) and/or heldout; each method is fitted once for all
@@ -60,48 +62,40 @@ phase1 = {}  # dsalib.train.Phase1Config fields, e.g. {"lr": 5e-5, "weighting": 
 phase2 = {}  # dsalib.train.Phase2Config fields, e.g. {"min_pair_size": 10}
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
+weighted_truth = False  # weight the truth by the survey's respondent weights
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores reused by the other studies; None keeps them in output_dir
-output_dir = "outputs/enhancement/ess9"  # relative paths are under the repository root
+output_dir = None  # None means runs/enhancement/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
-# Every parameter is checked before anything runs: an unknown name, method,
-# truth mode or template, a question the dataset does not have, or a
-# background level without respondents stops here with a message that names it.
+# Every parameter is checked before anything runs (`dsalib.config.EnhancementConfig`): an unknown
+# name, a wrong type (text where a list is expected, a seed that is not a non-negative integer), an
+# unknown method, truth mode or template, a question the dataset does not have, or a background
+# level without respondents stops here with a message that names it. The tables are written into a
+# temporary folder and swapped into the output folder as a set at the end.
 
 # %%
-params = notebook_params.given_parameters("enhancement", globals(), _names_before_parameters)
-cfg = EnhancementConfig(dataset=dataset, questions=questions, background=background, n=n, seeds=tuple(seeds),
-                        mode=modes[0] if modes else "full", methods=tuple(methods), model=model,
-                        min_eval_size=min_eval_size, phase1=dict(phase1), phase2=dict(phase2), strategy=strategy,
-                        template=template)
-cfg.check()
-survey = surveys.load_survey(dataset)
-qs = surveys.iter_questions(survey, questions)
-attrs = survey.check_background(background)
-for q in qs:
-    surveys.check_levels_populated(survey, q, attrs)
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
-display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
-                 f"questions {', '.join(qs)}; training size n = {n}; seeds {list(seeds)}; truth modes {list(modes)}."))
+cfg = config.from_notebook("enhancement", globals(), _names_before_parameters)
+run = study.prepare(cfg)
+survey, qs, out, store_root = run.survey, run.questions, run.out, run.store_root
+display(Markdown(run.data_line(f"training size n = {cfg.n}", f"seeds {cfg.seeds}", f"truth modes {cfg.modes}")))
 
 # %%
 lm = None
-if any(method_registry.needs_model(m) for m in methods):
+if any(method_registry.needs_model(m) for m in cfg.methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
-res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
-prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
-                          seeds=seeds, n=n, template=template)
+    lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache)
+res = experiments.run_enhancement(cfg, lm=lm, store_root=store_root, survey=survey)
+prov = results.provenance(survey, model=cfg.model if lm else None, option_rule=lm.describe() if lm else None,
+                          seeds=cfg.seeds, n=cfg.n, template=cfg.template)
 flat = results.scalar_columns(res)
 results.write_table(flat, out / "results.csv", prov)
-per = experiments.load_per_subgroup_modes(cfg, modes, store_root)
+per = experiments.load_per_subgroup_modes(cfg, store_root=store_root, survey=survey)
 results.write_table(per, out / "per_subgroup.csv", prov)
-meta = results.write_metadata(out, study="enhancement", params=params, option_rule=lm.describe() if lm else None,
-                              data=survey.describe(),
-                              stores=[str(experiments.store_dir_for(cfg, m, store_root)) for m in modes])
+meta = results.write_metadata(out, study="enhancement", params=cfg.to_params(),
+                              option_rule=lm.describe() if lm else None, data=survey.describe(),
+                              stores=[str(experiments.store_dir_for(cfg, m, store_root, survey)) for m in cfg.modes])
 
 # %% [markdown]
 # ## The table: mean over questions and training samples
@@ -174,3 +168,7 @@ plt.close(fig)
 # come from a 4B model and a training sample of 4,000 out of ~46,000 respondents;
 # the runs above use a 135M model on the embedded extracts, so the scales differ
 # and the numbers are not comparable one to one.
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -48,7 +48,7 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import generation, notebook_params, results, surveys
+from dsalib import config, generation, results, study
 from dsalib.errors import DataFileNotFound
 
 sns.set_theme(style="whitegrid")
@@ -56,7 +56,8 @@ results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/generation/<name>.yaml).
+# Every setting of this study (dsalib.config.GenerationConfig; papermill overrides them with
+# -f params/generation/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists and mappings).
 dataset = "gss2018"  # a spec in params/datasets
 train_questions = ["natheal", "natcity", "natcrime", "natdrug", "nateduc", "natrace", "natfare", "natsoc"]
 test_questions = ["natenvir", "natarms", "natsci", "natroad"]  # unseen questions (NewQ and Both)
@@ -74,9 +75,10 @@ strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest test subgroup that is evaluated
 min_train_subgroups = 2  # fewest training subgroups a training question may have
 data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # resumable result stores; None keeps them in output_dir
-output_dir = "outputs/generation/gss2018"  # relative paths are under the repository root
+output_dir = None  # None means runs/generation/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # Every parameter is checked before anything runs: an unknown method, a
@@ -88,22 +90,14 @@ output_dir = "outputs/generation/gss2018"  # relative paths are under the reposi
 # download and where to put it.
 
 # %%
-params = notebook_params.given_parameters("generation", globals(), _names_before_parameters)
-cfg = generation.GenerationConfig(
-    dataset=dataset, train_questions=list(train_questions), test_questions=list(test_questions),
-    background=list(background), heldout_attribute=heldout_attribute, heldout_levels=list(heldout_levels),
-    excluded_levels=list(excluded_levels), methods=list(methods), model=model, seeds=[int(s) for s in seeds],
-    min_eval_size=min_eval_size, min_train_subgroups=min_train_subgroups, phase1=dict(phase1),
-    phase2=dict(phase2), strategy=strategy, template=template, data_dir=data_dir)
-cfg.check()
+cfg = config.from_notebook("generation", globals(), _names_before_parameters)
 try:
-    survey = surveys.load_survey(dataset, data_dir=data_dir)
+    run = study.prepare(cfg)
 except DataFileNotFound as exc:
     display(Markdown(f"**The data file for `{dataset}` is missing.** {exc}"))
     raise
+survey, out, store_root = run.survey, run.out, run.store_root
 split = generation.make_split(survey, cfg)
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
 sizes = split.describe()
 n_prompts = split.prompt_count(templates=2 if "PE" in methods else 1)
 display(Markdown(
@@ -139,9 +133,9 @@ prov = results.provenance(survey, model=model if lm else None, option_rule=lm.de
 results.write_table(sizes, out / "split_sizes.csv", prov)
 results.write_table(res, out / "results.csv", prov)
 results.write_table(per, out / "per_subgroup.csv", prov)
-meta = results.write_metadata(out, study="generation", params=params,
+meta = results.write_metadata(out, study="generation", params=cfg.to_params(),
                               option_rule=lm.describe(split.n_options) if lm else None, data=survey.describe(),
-                              store=str(generation.store_dir_for(cfg, store_root)))
+                              store=str(generation.store_dir_for(cfg, store_root, survey)))
 
 # %% [markdown]
 # ## The table (paper Table 2 layout)
@@ -225,3 +219,7 @@ results.show()
 # runs above use a 135M model on other data (by default the embedded GSS 2018
 # extract), so the numbers are not comparable one to one;
 # `params/generation/wvs.yaml` runs the WVS split on the user's WVS file.
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -45,19 +45,20 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import experiments, methods as method_registry, notebook_params, prompts, results, robustness, surveys
-from dsalib.errors import ParameterError
-from dsalib.experiments import EnhancementConfig
+from dsalib import config, experiments, methods as method_registry, results, robustness, study
 
 sns.set_theme(style="whitegrid")
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/robustness/<name>.yaml).
+# Every setting of this study (dsalib.config.RobustnessConfig; papermill overrides them with
+# -f params/robustness/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists).
 dataset = "ess9"  # a spec in params/datasets
 questions = None  # core questions of the better-than-TS part; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
+data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 n = 500  # training sample size (as the enhancement study)
 seeds = [0, 1, 2, 3, 4]  # training samples of the better-than-TS part
 modes = ["full", "heldout"]  # ground truth(s) of the better-than-TS part
@@ -68,6 +69,7 @@ phase1 = {}  # dsalib.train.Phase1Config fields (as the enhancement study)
 phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
+weighted_truth = False  # weight the truth by the survey's respondent weights
 metric = "jsd"  # per-subgroup error that decides better or worse: jsd, wd or wd_scaled
 templates = ["default", "para1", "para2", "para3", "para4"]  # prompt templates compared (PE has only persona)
 prompt_methods = ["Direct", "AAE", "TKFT", "DSA"]  # methods of the prompt-consistency part; empty skips it
@@ -76,52 +78,18 @@ prompt_seeds = [0, 1]  # training samples of the prompt part
 prompt_mode = "full"  # truth mode whose evaluated subgroups are compared across templates
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
-output_dir = "outputs/robustness/ess9"  # relative paths are under the repository root
+output_dir = None  # None means runs/robustness/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # Every parameter is checked before anything runs.
 
 # %%
-params = notebook_params.given_parameters("robustness", globals(), _names_before_parameters)
-if metric not in ("jsd", "wd", "wd_scaled"):
-    raise ParameterError(f"metric must be jsd, wd or wd_scaled, got {metric!r}")
-if "PE" in prompt_methods:
-    raise ParameterError("PE is the persona template by definition and has no paraphrases; "
-                         "leave it out of prompt_methods")
-if "TS" in methods:
-    raise ParameterError("TS is the reference of the better-than-TS share; leave it out of methods")
-bad_sizes = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
-if bad_sizes:
-    raise ParameterError(f"sizes must be positive integers, got {bad_sizes}")
-bad_t = [t for t in templates if t not in prompts.PARAPHRASES]
-if prompt_methods and (bad_t or len(set(templates)) < 2):
-    raise ParameterError(f"templates must be two or more of {prompts.PARAPHRASES}, got {templates}")
-if prompt_methods and prompt_mode not in surveys.TRUTH_MODES:
-    raise ParameterError(f"prompt_mode must be one of {surveys.TRUTH_MODES}, got {prompt_mode!r}")
-if prompt_methods and not prompt_seeds:
-    raise ParameterError("prompt_seeds must list at least one seed")
-
-
-def config(n_=n, methods_=methods, template="default", seeds_=seeds, questions_=questions):
-    cfg = EnhancementConfig(dataset=dataset, questions=questions_, background=background, n=n_,
-                            seeds=tuple(seeds_), mode=modes[0] if modes else "full",
-                            methods=tuple(["TS"] + list(methods_)), model=model, min_eval_size=min_eval_size,
-                            phase1=dict(phase1), phase2=dict(phase2), strategy=strategy, template=template)
-    cfg.check()
-    return cfg
-
-
-cfg = config()
-prompt_cfgs = {t: config(methods_=prompt_methods, template=t, seeds_=prompt_seeds,
-                         questions_=prompt_questions or questions) for t in templates} if prompt_methods else {}
-survey = surveys.load_survey(dataset)
-qs = surveys.iter_questions(survey, questions)
-pqs = surveys.iter_questions(survey, prompt_questions or questions) if prompt_methods else []
-attrs = survey.check_background(background)
-for q in dict.fromkeys(qs + pqs):
-    surveys.check_levels_populated(survey, q, attrs)
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
+cfg = config.from_notebook("robustness", globals(), _names_before_parameters)
+run = study.prepare(cfg, more_questions=[prompt_questions] if prompt_methods else [])
+survey, qs, out, store_root = run.survey, run.questions, run.out, run.store_root
+pqs = list(prompt_questions or qs) if prompt_methods else []
+prompt_cfgs = {t: cfg.run_config(methods=prompt_methods, template=t, seeds=prompt_seeds, questions=pqs)
+               for t in templates} if prompt_methods else {}
 display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
                  f"questions {', '.join(qs)}; n = {n} (and {sizes or 'no other sizes'}); seeds {list(seeds)}; "
                  f"truth modes {list(modes)}. Prompt part: {', '.join(pqs) or 'skipped'}, seeds {list(prompt_seeds)}, "
@@ -137,9 +105,9 @@ prov = results.provenance(survey, model=model if lm else None, option_rule=lm.de
                           seeds=seeds, n=n, metric=metric)
 per_frames, res_frames = [], []
 for size in dict.fromkeys([n] + list(sizes)):
-    c = config(n_=size)
-    r = experiments.run_enhancement(c, lm=lm, modes=modes, store_root=store_root).assign(train_size=size)
-    p = experiments.load_per_subgroup_modes(c, modes, store_root).assign(train_size=size)
+    c = cfg.run_config(n=size)
+    r = experiments.run_enhancement(c, lm=lm, store_root=store_root, survey=survey).assign(train_size=size)
+    p = experiments.load_per_subgroup_modes(c, store_root=store_root, survey=survey).assign(train_size=size)
     res_frames.append(r)
     per_frames.append(p)
 res = pd.concat(res_frames, ignore_index=True)
@@ -224,8 +192,9 @@ else:
 if prompt_cfgs:
     tres, tper = [], []
     for t, c in prompt_cfgs.items():
-        tres.append(experiments.run_enhancement(c, lm=lm, modes=[prompt_mode], store_root=store_root).assign(template=t))
-        tper.append(experiments.load_per_subgroup_modes(c, [prompt_mode], store_root).assign(template=t))
+        tres.append(experiments.run_enhancement(c, lm=lm, modes=[prompt_mode], store_root=store_root,
+                                                survey=survey).assign(template=t))
+        tper.append(experiments.load_per_subgroup_modes(c, [prompt_mode], store_root, survey).assign(template=t))
     tres = pd.concat(tres, ignore_index=True)
     tper = pd.concat(tper, ignore_index=True)
     pprov = results.provenance(survey, model=model, option_rule=lm.describe(), seeds=prompt_seeds, n=n,
@@ -271,10 +240,10 @@ if prompt_cfgs:
     results.show()
 
 # %%
-stores = [str(experiments.store_dir_for(config(n_=s), m, store_root)) for s in dict.fromkeys([n] + list(sizes))
+stores = [str(experiments.store_dir_for(cfg.run_config(n=s), m, store_root, survey)) for s in dict.fromkeys([n] + list(sizes))
           for m in modes]
-stores += [str(experiments.store_dir_for(c, prompt_mode, store_root)) for c in prompt_cfgs.values()]
-meta = results.write_metadata(out, study="robustness", params=params, option_rule=lm.describe() if lm else None,
+stores += [str(experiments.store_dir_for(c, prompt_mode, store_root, survey)) for c in prompt_cfgs.values()]
+meta = results.write_metadata(out, study="robustness", params=cfg.to_params(), option_rule=lm.describe() if lm else None,
                               data=survey.describe(), stores=stores)
 
 # %% [markdown]
@@ -288,3 +257,7 @@ meta = results.write_metadata(out, study="robustness", params=params, option_rul
 #   (over ESS11, ESS9, CGSS, WVS, CFPS: DSA 93.88% to 98.77%, AAE and TKFT 48% to 63%).
 # - Table 4, mean pairwise JSD x 100 across five prompt wordings, ESS9:
 #   Direct 1.07, PE 1.52, AAE 0.22, TKFT 0.16, DSA 0.11.
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -52,7 +52,7 @@ from IPython.display import display
 from matplotlib_inline.backend_inline import set_matplotlib_formats
 from myst_nb import glue
 
-from dsalib import results, theorem
+from dsalib import config, results, study, theorem
 
 set_matplotlib_formats("png")  # figures display as PNG under the (headless) Agg backend
 sns.set_theme(style="whitegrid", context="notebook")
@@ -61,7 +61,8 @@ pd.set_option("display.width", 160)
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/theorem/<name>.yaml).
+# Every setting of this study (dsalib.config.TheoremConfig; papermill overrides them with
+# -f params/theorem/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists).
 seed = 0  # base seed; table t of a study uses the seed pair (seed, t)
 levels = [2, 3, 4]  # number of levels of each background attribute
 n_options = 5  # answer options of the core question
@@ -75,7 +76,7 @@ reference_sizes = [100, 1000]  # respondents in every non-target subgroup
 rare_sizes = [5, 10, 20, 50, 100, 200, 500, 1000]  # respondents in the rare target subgroup
 repetitions = 200  # random (table, target, sample) draws per finite-sample setting
 smoothing = 0.5  # additive pseudo-count for empirical distributions fed to transfers
-output_dir = "outputs/theorem/default"  # relative paths are under the repository root
+output_dir = None  # None means runs/theorem/default/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # ## Parameters
@@ -85,13 +86,12 @@ output_dir = "outputs/theorem/default"  # relative paths are under the repositor
 # run with a message that names it.
 
 # %%
-_given = {k: v for k, v in globals().items() if k not in _names_before_parameters and not k.startswith("_")}
-params = theorem.check_params(_given)
-out_dir = results.resolve_output_dir(params["output_dir"])
+cfg = config.from_notebook("theorem", globals(), _names_before_parameters)
+params = cfg.to_params()  # checked and normalised (numbers as floats, interaction_grid sorted)
+out_dir = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a temporary folder, swapped in at the end
 # synthetic tables, no survey or language model: the tables record the seed and the code version
 prov = results.provenance(seeds=[params["seed"]], data_source="synthetic factorised tables (dsalib.theorem)")
-out_dir.mkdir(parents=True, exist_ok=True)
-print(f"output_dir: {params['output_dir']}")
+print(f"output_dir: {out_dir.shown}")
 pd.Series({k: v for k, v in params.items()}, name="value").to_frame()
 
 # %% [markdown]
@@ -290,8 +290,9 @@ meta_path = results.write_metadata(
     out_dir,
     study="theorem",
     params=params,
-    tables=sorted(p.name for p in out_dir.glob("*.csv")),
-    figures=sorted(p.name for p in out_dir.glob("*.png")),
+    tables=sorted(p.name for p in out_dir.path.glob("*.csv")),
+    figures=sorted(p.name for p in out_dir.path.glob("*.png")),
 )
-print(f"wrote {meta_path.name}; {params['output_dir']} holds:")
-print(sorted(p.name for p in out_dir.iterdir()))
+print(f"wrote {meta_path.name}; {out_dir.shown} holds:")
+out_dir.commit()  # the tables replace the output folder's previous ones as one set
+print(sorted(p.name for p in out_dir.final.iterdir()))

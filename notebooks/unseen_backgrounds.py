@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3
+#     display_name: Python 3 (dsa)
 #     language: python
-#     name: python3
+#     name: dsa
 # ---
 
 # %% [markdown]
@@ -40,19 +40,21 @@ import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import efficiency, experiments, methods as method_registry, notebook_params, results, surveys
-from dsalib.experiments import EnhancementConfig
+from dsalib import config, efficiency, experiments, methods as method_registry, results, study
 
 sns.set_theme(style="whitegrid")
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
-# Every setting of this study (papermill overrides them with -f params/unseen_backgrounds/<name>.yaml).
+# Every setting of this study (dsalib.config.UnseenBackgroundsConfig; papermill overrides them with
+# -f params/unseen_backgrounds/<name>.yaml, -p name value for text and numbers, -y "name: [a, b]" for lists).
 # The Enhancement settings must match params/enhancement/<dataset>.yaml for its stored results to be reused.
 dataset = "ess9"  # a spec in params/datasets
 questions = None  # core questions; None means every question of the dataset
 background = None  # background attributes; None means the default set of the source
+data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
+source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 n = 500  # training sample size
 seeds = [0, 1, 2, 3, 4]  # one training sample per seed
 modes = ["full", "heldout"]  # ground truth: full (the paper) and/or heldout
@@ -63,11 +65,12 @@ phase1 = {}  # dsalib.train.Phase1Config fields
 phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
+weighted_truth = False  # weight the truth by the survey's respondent weights
 size_bins = [10, 20, 50, 100]  # lower edges of the truth-size bins; the last bin is open
 figure_methods = ["TS", "MNL", "TKFT", "DSA", "EB-DSA"]  # methods drawn in the per-subgroup figure
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
-output_dir = "outputs/unseen_backgrounds/ess9"  # relative paths are under the repository root
+output_dir = None  # None means runs/unseen_backgrounds/<dataset>/ (git-ignored); relative paths are under the repository root
 
 # %% [markdown]
 # Every parameter is checked before anything runs: unknown names, methods,
@@ -75,49 +78,36 @@ output_dir = "outputs/unseen_backgrounds/ess9"  # relative paths are under the r
 # that are not among the methods stop here with a message that names them.
 
 # %%
-params = notebook_params.given_parameters("unseen_backgrounds", globals(), _names_before_parameters)
-modes = efficiency.check_modes(modes)
-methods = efficiency.check_methods(methods, "methods")
-figure_methods = efficiency.check_methods(figure_methods, "figure_methods", within=methods)
-seeds = efficiency.check_seeds(seeds, "seeds")
-size_bins = efficiency.check_edges(size_bins)
-cfg = EnhancementConfig(dataset=dataset, questions=questions, background=background, n=n, seeds=tuple(seeds),
-                        mode=modes[0], methods=tuple(methods), model=model, min_eval_size=min_eval_size,
-                        phase1=dict(phase1), phase2=dict(phase2), strategy=strategy, template=template)
-cfg.check()
-survey = surveys.load_survey(dataset)
-qs = surveys.iter_questions(survey, questions)
-attrs = survey.check_background(background)
-for q in qs:
-    surveys.check_levels_populated(survey, q, attrs)
+cfg = config.from_notebook("unseen_backgrounds", globals(), _names_before_parameters)
+run = study.prepare(cfg)
+survey, qs, attrs, out, store_root = run.survey, run.questions, run.attributes, run.out, run.store_root
 efficiency.check_sizes(survey, qs, attrs, [n], modes, min_eval_size, "n")
-out = results.resolve_output_dir(output_dir)
-store_root = store_root or str(out / "stores")
 display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_respondents:,} respondents; "
                  f"background {', '.join(attrs)}; questions {', '.join(qs)}; training size n = {n}; "
                  f"samples {seeds}; truth modes {modes}; truth-size bins {efficiency.size_bin_labels(size_bins)}."))
 
 # %%
-pending = efficiency.pending_count(cfg, modes, store_root)
+enh_cfg = cfg.enhancement()
+pending = efficiency.pending_count(enh_cfg, modes, store_root, survey)
 display(Markdown(f"Results still to compute: {pending} (0 means everything is read back from the shared stores)."))
 lm = None
 if pending and any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
     lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
-res = experiments.run_enhancement(cfg, lm=lm, modes=modes, store_root=store_root)
+res = experiments.run_enhancement(enh_cfg, lm=lm, store_root=store_root, survey=survey)
 option_rule = efficiency.stored_option_rule(res)
 uses_model = any(method_registry.needs_model(m) for m in methods)
-per = experiments.load_per_subgroup_modes(cfg, modes, store_root)
+per = experiments.load_per_subgroup_modes(enh_cfg, store_root=store_root, survey=survey)
 per = efficiency.with_presence(per)
 prov = results.provenance(survey, model=model if uses_model else None, option_rule=option_rule, seeds=seeds, n=n,
                           template=template)
 keep = ["truth_mode", "question", "seed", "method", "subgroup", "n", "train_n", "absent", "jsd", "wd", "wd_scaled",
         "ts_jsd", "better_than_ts"]
 results.write_table(per[keep], out / "per_subgroup.csv", prov)
-results.write_metadata(out, study="unseen_backgrounds", params=params, option_rule=option_rule, computed=pending,
+results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), option_rule=option_rule, computed=pending,
                        data=survey.describe(),
-                       stores=[str(experiments.store_dir_for(cfg, m, store_root)) for m in modes])
+                       stores=[str(experiments.store_dir_for(enh_cfg, m, store_root, survey)) for m in modes])
 
 # %% [markdown]
 # ## How many subgroups are absent from the training sample
@@ -251,3 +241,7 @@ results.show()
 # respondents, training samples of 4,000) and a 4B model; the runs above use a
 # 135M model on the embedded extracts, so the numbers are not comparable one to
 # one.
+
+# %%
+out.commit()  # the tables replace the output folder's previous ones as one set
+display(Markdown(f"Tables written to `{out.shown}`."))

@@ -19,11 +19,15 @@ For every notebook ``notebooks/<study>.ipynb`` and every parameter file
 - Each successful run's wall time goes to ``outputs/run_times.csv`` (one row
   per study and parameter file, replaced when it runs again); the book's
   reproducibility page shows that table.
-- Parameter files are checked against the notebook's ``parameters`` cell
-  before anything runs: an unknown name is an error.
-- Notebooks run in a kernel named ``python3`` that is *this* interpreter
-  (a private kernelspec put first on ``JUPYTER_PATH``), whatever user kernels
-  exist; run the script with the project's venv.
+- Parameter files are checked by the study's configuration
+  (:mod:`dsalib.config`, the check the notebooks run first) before anything
+  runs: an unknown name, a wrong type or an unknown method is an error.
+- Only this script (``make outputs``) writes the committed ``outputs/``; a
+  notebook run without ``output_dir`` writes under the git-ignored ``runs/``.
+- Notebooks run in the kernel their metadata names (``dsa``, see
+  ``dsalib.kernel``), resolved to *this* interpreter by a private kernelspec
+  put first on ``JUPYTER_PATH``, whatever user kernels exist; run the script
+  with the project's venv.
 
 Examples::
 
@@ -36,8 +40,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -50,12 +52,12 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # dsalib without an installed package
     sys.path.insert(0, str(REPO_ROOT))
+from dsalib.kernel import KERNEL_NAME, private_kernel  # noqa: E402  (the notebooks' kernel, resolved to this interpreter)
 NOTEBOOKS = REPO_ROOT / "notebooks"
 PARAMS = REPO_ROOT / "params"
 OUTPUTS = REPO_ROOT / "outputs"
 #: Folders of params/ that hold no study's parameter files.
 NOT_STUDIES = {"smoke", "datasets"}
-KERNEL_NAME = "python3"
 
 
 @dataclass(frozen=True)
@@ -95,46 +97,24 @@ def discover(smoke: bool = False, only: list[str] | None = None, names: list[str
 
 
 def load_params(run: Run) -> dict:
-    """The parameter file, checked against the notebook's parameters cell (unknown names are errors)."""
-    import papermill as pm
+    """The parameter file, checked by the study's configuration (dsalib.config) before anything runs.
+
+    The same check the notebook runs first: unknown names, types, ranges, known
+    methods/templates/strategies/truth modes.  ``output_dir`` is the runner's.
+    """
+    from dsalib import config
 
     with open(run.params_file, encoding="utf-8") as fh:
         params = yaml.safe_load(fh) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{run.params_file} must be a mapping of parameter names to values")
-    declared = pm.inspect_notebook(str(run.notebook))
-    if not declared:
-        raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ValueError(f"{run.params_file}: unknown parameter(s) {unknown}; {run.notebook.name} declares {sorted(declared)}")
     if "output_dir" in params:
         raise ValueError(f"{run.params_file}: leave output_dir out; the runner sets it")
+    try:
+        config.from_params(run.study, {**params, "output_dir": _show(run.output_dir)})
+    except config.ParameterError as e:
+        raise ValueError(f"{_show(run.params_file)}: {e}") from None
     return params
-
-
-@contextlib.contextmanager
-def private_kernel(name: str = KERNEL_NAME):
-    """Make kernel ``name`` resolve to this interpreter (a temporary kernelspec first on JUPYTER_PATH)."""
-    with tempfile.TemporaryDirectory(prefix="dsa-kernel-") as tmp:
-        spec_dir = Path(tmp) / "kernels" / name
-        spec_dir.mkdir(parents=True)
-        spec = {
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3",
-            "language": "python",
-            "metadata": {"debugger": False},
-        }
-        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1), encoding="utf-8")
-        old = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = tmp + (os.pathsep + old if old else "")
-        try:
-            yield name
-        finally:
-            if old is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = old
 
 
 def _record_paths(path: Path, run: Run) -> None:

@@ -162,18 +162,7 @@ def test_check_sizes_against_real_data(ess9):
         efficiency.check_sizes(ess9, ["imbgeco"], None, [100], ["full"], at_least=2)
 
 
-def test_other_parameter_checks():
-    assert efficiency.check_methods(["TS", "DSA", "TS"]) == ["TS", "DSA"]
-    with pytest.raises(ParameterError, match="unknown method.*'DAS'"):
-        efficiency.check_methods(["TS", "DAS"])
-    with pytest.raises(ParameterError, match="must also be in"):
-        efficiency.check_methods(["DSA"], "figure_methods", within=["TS"])
-    with pytest.raises(ParameterError, match="truth mode"):
-        efficiency.check_modes(["full", "held-out"])
-    with pytest.raises(ParameterError, match="non-empty"):
-        efficiency.check_modes([])
-    with pytest.raises(ParameterError, match="distinct"):
-        efficiency.check_seeds([0, 0])
+def test_other_parameter_checks():  # methods, modes and seeds are checked by dsalib.config (tests/test_config.py)
     assert efficiency.check_metric("wd_scaled_mean") == "wd_scaled_mean"
 
 

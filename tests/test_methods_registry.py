@@ -19,9 +19,9 @@ def test_unknown_method_and_missing_model():
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [({"methods": ("TS", "Magic")}, "unknown method"), ({"mode": "both"}, "mode must be"),
-     ({"n": 0}, "positive integer"), ({"n": "500"}, "positive integer"), ({"seeds": ()}, "at least one seed")],
+    [({"methods": ("TS", "Magic")}, "must be one of"), ({"modes": ["both"]}, "must be one of"),
+     ({"n": 0}, "≥ 1"), ({"n": "500"}, "integer"), ({"seeds": ()}, "at least one")],
 )
 def test_enhancement_config_rejects_bad_parameters(kwargs, message):
     with pytest.raises(ParameterError, match=message):
-        EnhancementConfig(**kwargs).check()
+        EnhancementConfig(**kwargs)

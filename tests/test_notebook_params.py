@@ -1,38 +1,40 @@
-"""The parameter check every study notebook runs first (dsalib.notebook_params)."""
+"""Every study notebook's parameters cell declares exactly its configuration's fields, with the same defaults."""
 
 import pytest
 
-from dsalib import notebook_params
+from dsalib import config, notebook_params
 from dsalib.errors import ParameterError
 
 STUDIES = ["ablations", "data_efficiency", "enhancement", "generation", "robustness", "theorem", "unseen_backgrounds"]
 
 
-def _given(study, **override):
-    defaults = notebook_params.declared_defaults(study)
-    before = {"np", "pd"}
-    ns = {"np": None, "pd": None, **defaults, **override}
-    return notebook_params.given_parameters(study, ns, before)
+def test_every_study_has_a_configuration():
+    assert sorted(config.STUDIES) == STUDIES
 
 
 @pytest.mark.parametrize("study", STUDIES)
-def test_every_notebook_declares_output_dir_and_accepts_its_defaults(study):
-    defaults = notebook_params.declared_defaults(study)
-    assert "output_dir" in defaults and defaults["output_dir"].startswith(f"outputs/{study}/")
-    assert _given(study) == defaults
+def test_parameters_cell_matches_the_configuration(study):
+    declared = notebook_params.declared_defaults(study)
+    cls = config.config_class(study)
+    defaults = cls().to_params()
+    assert list(declared) and set(declared) == set(defaults)
+    # the cell's values give the class's defaults (phase1 = {} is Phase1Config's defaults)
+    assert cls.from_params(declared) == cls()
+    assert declared["output_dir"] is None  # ad-hoc runs write under runs/, never into the committed outputs/
+    ns = {"np": None, **declared}
+    assert config.from_notebook(study, ns, {"np"}).to_params() == defaults
 
 
-def test_unknown_missing_and_text_for_a_list_are_errors():
+def test_from_notebook_rejects_unknown_and_misspelt_names():
+    declared = notebook_params.declared_defaults("enhancement")
     with pytest.raises(ParameterError, match=r"unknown parameter\(s\) \['seedz'\].*enhancement"):
-        _given("enhancement", seedz=[1])
+        config.from_notebook("enhancement", {**declared, "seedz": [1]}, set())
     with pytest.raises(ParameterError, match="must be a list, got the text.*-y"):
-        _given("enhancement", methods='["TS", "MNL"]')  # what papermill -p passes
+        config.from_notebook("enhancement", {**declared, "methods": '["TS", "MNL"]'}, set())  # what papermill -p passes
     with pytest.raises(ParameterError, match="must be a mapping"):
-        _given("enhancement", phase1="{epochs: 1}")
-    defaults = notebook_params.declared_defaults("enhancement")
-    ns = {k: v for k, v in defaults.items() if k != "n"}
-    with pytest.raises(ParameterError, match=r"\['n'\].*not defined"):
-        notebook_params.given_parameters("enhancement", ns, set())
+        config.from_notebook("enhancement", {**declared, "phase1": "{epochs: 1}"}, set())
     with pytest.raises(ParameterError, match="no notebook"):
         notebook_params.declared_defaults("nope")
-    assert _given("enhancement", methods=["TS"])["methods"] == ["TS"]
+    # names defined before the parameters cell and private names are not parameters
+    cfg = config.from_notebook("enhancement", {"pd": None, "_x": 1, **declared, "methods": ["TS"]}, {"pd"})
+    assert cfg.methods == ["TS"]

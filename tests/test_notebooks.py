@@ -45,7 +45,7 @@ EXPECTED_OUTPUTS = {
 
 @pytest.fixture(scope="module")
 def kernel():
-    """Kernel ``python3`` = this interpreter, whether or not ``make setup`` installed a user kernel."""
+    """Kernel ``dsa`` (the notebooks' kernelspec) = this interpreter, whether or not ``make setup`` installed a user kernel."""
     with run_outputs.private_kernel() as name:
         yield name
 
@@ -147,15 +147,30 @@ def test_runner_discovers_runs(tmp_path):
 
 
 def test_runner_failed_run_keeps_previous_output(kernel, tmp_path):
-    """A run that fails (here: a negative sample size) leaves the previous executed notebook untouched."""
+    """A run that fails in the notebook (here: a question the dataset lacks) leaves the previous executed notebook."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**_smoke_params("theorem"), "rare_sizes": [-5]}))
-    target = tmp_path / "theorem" / "bad.ipynb"
+    bad.write_text(yaml.safe_dump({**_smoke_params("enhancement"), "questions": ["nope"]}))
+    target = tmp_path / "enhancement" / "bad.ipynb"
     target.parent.mkdir()
     target.write_text("previous good output")
-    run = run_outputs.Run("theorem", "bad", NOTEBOOKS / "theorem.ipynb", bad, target, tmp_path / "theorem" / "bad")
-    with pytest.raises(pm.PapermillExecutionError, match=r"rare_sizes\[0\]"):
+    run = run_outputs.Run("enhancement", "bad", NOTEBOOKS / "enhancement.ipynb", bad, target,
+                          tmp_path / "enhancement" / "bad")
+    with pytest.raises(pm.PapermillExecutionError, match="no core question 'nope'"):
         run_outputs.execute(run, kernel)
     assert target.read_text() == "previous good output"
-    assert (tmp_path / "theorem" / "bad.failed.ipynb").exists()
+    assert (tmp_path / "enhancement" / "bad.failed.ipynb").exists()
     assert not list(target.parent.glob(".*.tmp-*"))
+    assert not (tmp_path / "enhancement" / "bad").exists()  # no table was written
+
+
+def test_runner_checks_parameter_files_before_running(tmp_path):
+    """A malformed parameter file stops the runner before any notebook starts (the notebooks' own check)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**_smoke_params("theorem"), "rare_sizes": [-5]}))
+    run = run_outputs.Run("theorem", "bad", NOTEBOOKS / "theorem.ipynb", bad, tmp_path / "bad.ipynb", tmp_path / "bad")
+    with pytest.raises(ValueError, match=r"rare_sizes\[0\]"):
+        run_outputs.load_params(run)
+    bad.write_text(yaml.safe_dump({"seeds": 3}))
+    run = run_outputs.Run("enhancement", "bad", NOTEBOOKS / "enhancement.ipynb", bad, tmp_path / "b.ipynb", tmp_path / "b")
+    with pytest.raises(ValueError, match="seeds.*must be a list"):
+        run_outputs.load_params(run)

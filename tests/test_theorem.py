@@ -188,26 +188,26 @@ def _defaults():
                 rare_sizes=[5, 10], repetitions=3, smoothing=0.5, output_dir="outputs/x")
 
 
-def test_check_params():
-    p = T.check_params(_defaults())
+def test_theorem_parameters_are_checked():
+    from dsalib.config import TheoremConfig
+
+    p = TheoremConfig.from_params(_defaults()).to_params()
     assert p["levels"] == [2, 3, 4] and p["effect_scale"] == 1.0
-    assert T.check_params({**_defaults(), "effect_scale": 2})["effect_scale"] == 2.0  # YAML int for a float
+    assert TheoremConfig.from_params({**_defaults(), "effect_scale": 2}).effect_scale == 2.0  # YAML int for a float
     with pytest.raises(ParameterError, match="unknown parameter.*repetitons"):
-        T.check_params({**_defaults(), "repetitons": 3})
-    with pytest.raises(ParameterError, match="missing parameter.*smoothing"):
-        T.check_params({k: v for k, v in _defaults().items() if k != "smoothing"})
+        TheoremConfig.from_params({**_defaults(), "repetitons": 3})
     with pytest.raises(ParameterError, match=r"rare_sizes\[1\].*≥ 1.*-10"):
-        T.check_params({**_defaults(), "rare_sizes": [5, -10]})
+        TheoremConfig.from_params({**_defaults(), "rare_sizes": [5, -10]})
     with pytest.raises(ParameterError, match="reference_sizes"):
-        T.check_params({**_defaults(), "reference_sizes": 100})
+        TheoremConfig.from_params({**_defaults(), "reference_sizes": 100})
     with pytest.raises(ParameterError, match="repetitions"):
-        T.check_params({**_defaults(), "repetitions": True})
+        TheoremConfig.from_params({**_defaults(), "repetitions": True})
     with pytest.raises(ParameterError, match="effects"):
-        T.check_params({**_defaults(), "effects": ["linear"]})
+        TheoremConfig.from_params({**_defaults(), "effects": ["linear"]})
     with pytest.raises(ParameterError, match="output_dir"):
-        T.check_params({**_defaults(), "output_dir": ""})
+        TheoremConfig.from_params({**_defaults(), "output_dir": ""})
     with pytest.raises(ParameterError, match="interaction_grid"):
-        T.check_params({**_defaults(), "interaction_grid": [0.0, -1.0]})
+        TheoremConfig.from_params({**_defaults(), "interaction_grid": [0.0, -1.0]})
 
 
 def test_quantile_transfer_within_the_same_setting_recovers_the_target():
