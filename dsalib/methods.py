@@ -33,7 +33,8 @@ LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA")
 #: Statistical methods that also learn from the survey's other questions (the non-LLM cross-question control).
 CROSS_QUESTION = ("Stacked-MNL",)
 ALL = STATISTICAL + CROSS_QUESTION + LLM
-#: The registry's estimator of the EB concentration (``"marginal"`` or ``"crossfit"``, :mod:`dsalib.shrinkage`).
+#: The registry's estimator of the EB concentration (``"marginal"`` or ``"crossfit"``, :mod:`dsalib.shrinkage`);
+#: the cross-fit was not better against held-out truth (README, "Empirical-Bayes shrinkage").
 EB_CONCENTRATION = "marginal"
 
 
