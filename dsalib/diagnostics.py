@@ -90,7 +90,8 @@ def spread_table(per_subgroup: pd.DataFrame, by: Sequence[str] = ("truth_mode",)
     split_cols = [c for c in SPLIT_COLUMNS if c in per_subgroup.columns]
     by = [c for c in by if c in per_subgroup.columns]
     records = []
-    for key, split in per_subgroup.groupby(split_cols, sort=False, dropna=False) if split_cols else [((), per_subgroup)]:
+    groups = per_subgroup.groupby(split_cols, sort=False, dropna=False) if split_cols else [((), per_subgroup)]
+    for key, split in groups:
         key = key if isinstance(key, tuple) else (key,)
         floor = split[split["method"] == "floor"]
         if floor.empty:

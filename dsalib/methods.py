@@ -72,7 +72,8 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
     base = name.removeprefix("EB-")
     if name.startswith("EB-") and prior is not None:
         if getattr(prior, "name", None) != base:
-            raise ParameterError(f"{name} needs a fitted {base} method as its prior, got {getattr(prior, 'name', prior)!r}")
+            raise ParameterError(f"{name} needs a fitted {base} method as its prior, "
+                                 f"got {getattr(prior, 'name', prior)!r}")
         return EBShrinkage(prior=prior, prior_fitted=True, name=name, **eb)
     if name == "TS":
         return TrainingSample()
