@@ -398,6 +398,8 @@ def run_generation(cfg: GenerationConfig, lm=None, store_root: str | Path = DEFA
         survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
         split = make_split(survey, cfg)
     survey = split.survey
+    if lm is not None:
+        lm.chat_template = cfg.chat_template  # a loaded model reads the prompts the way this configuration says
     key = store_key("generation", store_settings(cfg, survey), survey)
     store = ResultStore(store_dir(store_root, ["generation", survey.name], key), config=key)
     pop = {"NewQ": "training", "NewP": "unseen", "Both": "unseen"}
