@@ -101,6 +101,15 @@ def _full_probs(proba: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
+def _fit_quietly(model, X, y, w):
+    """``model.fit(X, y, sample_weight=w)`` without scikit-learn's convergence and user warnings (the CV checks fits)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*did not converge.*")
+        warnings.filterwarnings("ignore", category=UserWarning)
+        model.fit(X, y, sample_weight=w)
+    return model
+
+
 @dataclass
 class MainEffectsLogit:
     """MNL: main-effects multinomial logit with an L2 penalty chosen by cross-validation.
@@ -137,11 +146,7 @@ class MainEffectsLogit:
             model = self._model(C)
         else:
             model.set_params(C=C)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*did not converge.*")
-            warnings.filterwarnings("ignore", category=UserWarning)
-            model.fit(X, y, sample_weight=w)
-        return model
+        return _fit_quietly(model, X, y, w)
 
     def fit(self, train: SubgroupTable, **context) -> "MainEffectsLogit":
         _check_train(train)
@@ -470,11 +475,7 @@ class StackedLogit:
             model = LogisticRegression(C=C, l1_ratio=0.0, solver="lbfgs", max_iter=self.max_iter, tol=self.tol,
                                        warm_start=True)
         model.set_params(C=C)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*did not converge.*")
-            warnings.filterwarnings("ignore", category=UserWarning)
-            model.fit(X, y, sample_weight=w)
-        return model
+        return _fit_quietly(model, X, y, w)
 
     def fit(self, train: SubgroupTable, others=None, **context) -> "StackedLogit":
         _check_train(train)

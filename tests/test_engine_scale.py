@@ -12,28 +12,9 @@ from dsalib import lm
 from dsalib.engine import EngineError, OptionModel, PrefixCache, train_loop
 from dsalib.lm import OptionRule, build_tiny_model, dispatch, option_probs, pinned_device_map
 
-RULE = OptionRule.letters(5)
-N = 12
+from tests.test_engine import BATCHES, N, RULE, TARGETS, kl_loss, make_prompts  # noqa: E402  (shared helpers)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def make_prompts(n=N):
-    return [
-        f"Respondent {i}: age {20 + 5 * i}, region {'NSEW'[i % 4]}. " * (1 + i % 4)
-        + "Question: How much do you agree?\nAnswer:"
-        for i in range(n)
-    ]
-
-
-TARGETS = torch.softmax(2 * torch.randn(N, 5, generator=torch.Generator().manual_seed(1)), -1)
-BATCHES = [list(range(s, s + 4)) for s in range(0, N, 4)]
-
-
-def kl_loss(om, items):
-    idx = torch.tensor(items)
-    t = TARGETS[idx]
-    return (t * (t.log() - om.log_probs(idx))).sum() / 4
 
 
 def adamw_steps(om, steps, lr=5e-5):
