@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import metrics
 from .errors import DsaError
+from .stores import DEFAULT_STORE_ROOT
 
 #: The columns that identify one fitted result (besides the method).
 RUN_KEYS = ("truth_mode", "question", "seed")
@@ -305,3 +306,58 @@ def check_model_names(models: Sequence[str]) -> list[str]:
                 + ("" if looks_like_path else ", and not in the local Hugging Face cache (offline mode is on)")
                 + "; give the folder of a model's files or an embedded name")
     return list(models)
+
+
+# --------------------------------------------------------------------------
+# Running the study's parts (the notebook only reads and draws)
+# --------------------------------------------------------------------------
+
+
+def run_training_sizes(cfg, sizes: Sequence[int], lm=None, store_root=DEFAULT_STORE_ROOT, survey=None,
+                       progress=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or read back) the robustness study's methods at each training size; column ``train_size``.
+
+    ``cfg``: a :class:`dsalib.config.RobustnessConfig`; each size runs its
+    :meth:`~dsalib.config.RobustnessConfig.run_config` (TS, the study's methods and the
+    floor) through :func:`dsalib.efficiency.run_sizes` (one shared store per size, so
+    sizes another study computed are read back). Returns ``(results, per_subgroup)``:
+    the per-(question, seed, method, truth mode) table and the per-subgroup rows of
+    every size. Repeated sizes run once, in the order given.
+    """
+    from . import efficiency, experiments
+
+    sizes = [int(s) for s in dict.fromkeys(sizes)]
+    if not sizes:
+        raise DsaError("run_training_sizes: no training sizes given; pass at least the study's n")
+    bad = [s for s in sizes if s < 1]
+    if bad:
+        raise DsaError(f"run_training_sizes: training sizes must be positive integers, got {bad}")
+    res, per = [], []
+    for size in sizes:
+        c = cfg.run_config(n=size)
+        res.append(efficiency.run_sizes(c, [size], c.modes, store_root, lm=lm, progress=progress, survey=survey)
+                   .rename(columns={"n": "train_size"}))
+        per.append(experiments.load_per_subgroup_modes(c, store_root=store_root, survey=survey)
+                   .assign(train_size=size))
+    return pd.concat(res, ignore_index=True), pd.concat(per, ignore_index=True)
+
+
+def run_templates(configs: Mapping, mode: str, lm=None, store_root=DEFAULT_STORE_ROOT, survey=None,
+                  progress=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or read back) one protocol configuration per prompt template, scored against truth ``mode`` only.
+
+    ``configs``: template name → :class:`~dsalib.config.EnhancementConfig` (e.g.
+    ``{t: cfg.run_config(template=t, ...)}``). Returns ``(results, per_subgroup)`` with
+    a ``template`` column, the input of :func:`pairwise_template_jsd` and
+    :func:`template_errors`.
+    """
+    from . import experiments
+
+    if not configs:
+        raise DsaError("run_templates: no templates given")
+    res, per = [], []
+    for t, c in configs.items():
+        res.append(experiments.run_enhancement(c, lm=lm, modes=[mode], store_root=store_root, survey=survey,
+                                               progress=progress).assign(template=t))
+        per.append(experiments.load_per_subgroup_modes(c, [mode], store_root, survey).assign(template=t))
+    return pd.concat(res, ignore_index=True), pd.concat(per, ignore_index=True)

@@ -187,3 +187,48 @@ def test_check_model_names(tmp_path, monkeypatch):
         robustness.check_model_names(["no-such-owner/no-such-model-xyz"])
     with pytest.raises(ParameterError, match="list of model names"):
         robustness.check_model_names("smollm2-135m")
+
+
+# --------------------------------------------------------------------------
+# The study's runs over training sizes and templates (moved out of the notebook)
+# --------------------------------------------------------------------------
+
+
+def test_run_training_sizes_matches_one_run_per_size_and_reads_back(tmp_path):
+    from dsalib.config import RobustnessConfig
+
+    cfg = RobustnessConfig(dataset="ess9", questions=["imbgeco"], n=200, seeds=[0], methods=["MNL"], sizes=[60],
+                           modes=["full", "heldout"], model="tiny", prompt_methods=[])
+    res, per = robustness.run_training_sizes(cfg, [200, 60, 200], store_root=tmp_path, progress=None)
+    assert list(dict.fromkeys(res.train_size)) == [200, 60]  # repeated sizes run once, in order
+    assert set(res.method) == {"TS", "MNL", "floor"} and set(per.train_size) == {200, 60}
+    for size in (200, 60):
+        c = cfg.run_config(n=size)
+        direct = experiments.run_enhancement(c, store_root=tmp_path, progress=None)
+        got = res[res.train_size == size].drop(columns="train_size")
+        key = ["truth_mode", "question", "seed", "method"]
+        pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True)[direct.columns],
+                                      direct.sort_values(key).reset_index(drop=True), check_dtype=False)
+        direct_per = experiments.load_per_subgroup_modes(c, store_root=tmp_path)
+        assert len(per[per.train_size == size]) == len(direct_per) > 0
+    shares = robustness.better_than_reference(per, ["MNL", "floor"], group=["train_size", "truth_mode", "question", "seed"])
+    assert set(shares.train_size) == {200, 60}
+    with pytest.raises(DsaError, match="no training sizes"):
+        robustness.run_training_sizes(cfg, [], store_root=tmp_path, progress=None)
+    with pytest.raises(DsaError, match="positive"):
+        robustness.run_training_sizes(cfg, [0], store_root=tmp_path, progress=None)
+
+
+def test_run_templates_tags_each_template(tmp_path):
+    from dsalib.config import RobustnessConfig
+
+    cfg = RobustnessConfig(dataset="ess9", questions=["imbgeco"], n=150, seeds=[0], methods=["MNL"], model="tiny",
+                           prompt_methods=[])
+    cfgs = {t: cfg.run_config(methods=[], template=t) for t in ("default", "para1")}
+    res, per = robustness.run_templates(cfgs, "full", store_root=tmp_path, progress=None)
+    assert set(res.template) == {"default", "para1"} and set(res.truth_mode) == {"full"}
+    assert set(per.template) == {"default", "para1"}
+    pairwise = robustness.pairwise_template_jsd(per, ["default", "para1"], ["TS"])
+    assert np.allclose(pairwise.pairwise_jsd, 0.0)  # TS reads no prompt
+    with pytest.raises(DsaError, match="no templates"):
+        robustness.run_templates({}, "full", store_root=tmp_path)
