@@ -361,3 +361,69 @@ def run_templates(configs: Mapping, mode: str, lm=None, store_root=DEFAULT_STORE
                                                progress=progress).assign(template=t))
         per.append(experiments.load_per_subgroup_modes(c, [mode], store_root, survey).assign(template=t))
     return pd.concat(res, ignore_index=True), pd.concat(per, ignore_index=True)
+
+
+def better_sentence(pooled: pd.DataFrame, mode: str, methods: Sequence[str]) -> str:
+    """The better-than-TS finding in one sentence, from :func:`pool_shares` rows (one training size).
+
+    Methods are listed from the highest share to the lowest, then the noise floor's share
+    (when present) as the reference: how often a same-size resample of the truth beats TS.
+    """
+    _require(pooled, ["truth_mode", "method", "share", "subgroups"], "better_sentence")
+    part = pooled[pooled.truth_mode == mode].set_index("method")
+    if part.index.duplicated().any():
+        raise DsaError("better_sentence: one row per method is needed; select one training size first")
+    absent = [m for m in methods if m not in part.index]
+    if absent:
+        raise DsaError(f"better_sentence: no {mode!r} rows for method(s) {absent}; present: {sorted(part.index)}")
+    ranked = sorted(methods, key=lambda m: -float(part.share[m]))
+    pct = lambda m: f"{100 * float(part.share[m]):.1f}%"  # noqa: E731
+    listed = ", ".join(f"`{m}` on {pct(m)}" for m in ranked)
+    label = {"full": "the full-data truth", "heldout": "the held-out truth"}.get(mode, f"truth {mode!r}")
+    text = (f"With {label}, the share of the {int(part.subgroups.max()):,} evaluated subgroups where a method is "
+            f"closer to the truth than `TS`: {listed}.")
+    if "floor" in part.index:
+        text += f" A same-size resample of the truth (the noise floor) is closer on {pct('floor')}."
+    return text
+
+
+def head_to_head(runs: pd.DataFrame, method: str = "DSA", baseline: str = "TKFT",
+                 metrics_: Sequence[str] = ("wd_scaled_mean", "jsd_mean"),
+                 setting: Sequence[str] = ("model", "strategy", "epochs")) -> pd.DataFrame:
+    """How often ``method`` is below ``baseline`` on the same fit, over every setting of the ablation runs.
+
+    ``runs``: :func:`label_runs` rows (one per part, setting, truth mode, question, seed and
+    method); a (setting, truth mode, question, seed) counted by several parts counts once.
+    Returns one row per truth mode and metric: ``lower`` (runs where ``method`` is strictly
+    below), ``ties``, ``runs`` (paired runs) and ``mean_diff`` (``method`` minus ``baseline``).
+    """
+    setting = [c for c in setting if c in runs.columns]
+    key = ["truth_mode", *setting, "question", "seed"]
+    _require(runs, key + ["method", *metrics_], "head_to_head")
+    rows = []
+    for metric in metrics_:
+        a = runs[runs.method == method].drop_duplicates(key).set_index(key)[metric]
+        b = runs[runs.method == baseline].drop_duplicates(key).set_index(key)[metric]
+        common = a.index.intersection(b.index)
+        if len(common) == 0:
+            raise DsaError(f"head_to_head: {method} and {baseline} share no fitted run; run both on the same settings")
+        d = (a.loc[common] - b.loc[common]).rename("diff").reset_index()
+        for mode, g in d.groupby("truth_mode", sort=False):
+            rows.append({"truth_mode": mode, "metric": metric, "lower": int((g["diff"] < 0).sum()),
+                         "ties": int((g["diff"] == 0).sum()), "runs": len(g), "mean_diff": float(g["diff"].mean())})
+    return pd.DataFrame(rows)
+
+
+def head_to_head_sentence(h2h: pd.DataFrame, method: str = "DSA", baseline: str = "TKFT") -> str:
+    """The :func:`head_to_head` finding in one sentence per truth mode and metric ("never" when 0 runs)."""
+    from .report import TRUTH_LABELS, column_label
+
+    _require(h2h, ["truth_mode", "metric", "lower", "runs"], "head_to_head_sentence")
+    parts = []
+    for _, r in h2h.iterrows():
+        count = "never" if r.lower == 0 else f"in {int(r.lower):,} of {int(r.runs):,} runs"
+        ties = f", tied in {int(r.ties):,}" if r.get("ties", 0) else ""
+        parts.append(f"{column_label(r.metric)} against the {TRUTH_LABELS.get(r.truth_mode, r.truth_mode)} truth: "
+                     f"{count}{ties}" + (f" (of {int(r.runs):,})" if r.lower == 0 else ""))
+    return (f"`{method}` was below `{baseline}` (on the same training sample and setting) — "
+            + "; ".join(parts) + ".")

@@ -232,3 +232,34 @@ def test_run_templates_tags_each_template(tmp_path):
     assert np.allclose(pairwise.pairwise_jsd, 0.0)  # TS reads no prompt
     with pytest.raises(DsaError, match="no templates"):
         robustness.run_templates({}, "full", store_root=tmp_path)
+
+
+def test_better_sentence_ranks_methods_and_states_the_floor():
+    pooled = pd.DataFrame({"truth_mode": ["full"] * 3 + ["heldout"], "method": ["TKFT", "DSA", "floor", "DSA"],
+                           "share": [0.25, 0.5, 0.75, 0.1], "subgroups": [40, 40, 40, 40], "better": [10, 20, 30, 4]})
+    text = robustness.better_sentence(pooled, "full", ["TKFT", "DSA"])
+    assert text.index("`DSA` on 50.0%") < text.index("`TKFT` on 25.0%")
+    assert "40 evaluated subgroups" in text and "noise floor) is closer on 75.0%" in text
+    assert "noise floor" not in robustness.better_sentence(pooled, "heldout", ["DSA"])
+    with pytest.raises(DsaError, match="AAE"):
+        robustness.better_sentence(pooled, "full", ["AAE"])
+
+
+def test_head_to_head_counts_paired_runs_once():
+    rows = []
+    for part in ("phase", "selected"):  # the same fit counted by two parts counts once
+        for seed, (dsa, tkft) in enumerate([(0.2, 0.1), (0.1, 0.1), (0.05, 0.1)]):
+            for m, v in (("DSA", dsa), ("TKFT", tkft)):
+                rows.append({"part": part, "model": "tiny", "strategy": "last_layer", "epochs": "selected",
+                             "truth_mode": "full", "question": "q", "seed": seed, "method": m,
+                             "wd_scaled_mean": v, "jsd_mean": v + 1})
+    h = robustness.head_to_head(pd.DataFrame(rows))
+    wd = h[h.metric == "wd_scaled_mean"].iloc[0]
+    assert (wd.lower, wd.ties, wd.runs) == (1, 1, 3)
+    assert wd.mean_diff == pytest.approx((0.1 + 0 - 0.05) / 3)
+    text = robustness.head_to_head_sentence(h)
+    assert "in 1 of 3 runs, tied in 1" in text and "full data" in text
+    never = robustness.head_to_head_sentence(h.assign(lower=0, ties=0))
+    assert "never (of 3)" in never
+    with pytest.raises(DsaError, match="share no fitted run"):
+        robustness.head_to_head(pd.DataFrame(rows).query("method == 'DSA'"))
