@@ -392,3 +392,22 @@ def test_verdicts_follow_the_numbers():
     assert v["dsa_vs_tkft"] == "DSA beat TKFT in only 5 of 60 runs." and "every dataset" in v["llm_vs_stat"]
     with pytest.raises(DsaError, match="lack"):
         findings.verdicts({}, "heldout")
+
+
+def test_phase2_sentence_counts_outcomes():
+    text = report.phase2_sentence(["run", "rejected", "rejected"])
+    assert text == ("Phase 2 of `DSA` ran and was kept in 1 of 3 fits; was rejected by the validation guard "
+                    "in 2 of 3 fits.")
+    assert "Phase 1 (TKFT) model" in report.phase2_sentence(["skipped"])
+    with pytest.raises(DsaError, match="unknown"):
+        report.phase2_sentence(["kept"])
+    with pytest.raises(DsaError, match="no DSA fits"):
+        report.phase2_sentence([])
+
+
+def test_versus_says_higher_or_lower():
+    assert report.versus("DSA", 0.114, "MNL", 0.1, "JSD") == "`DSA` 0.114 against `MNL` 0.100 (JSD): 14.0% higher"
+    assert report.versus("DSA", 0.09, "MNL", 0.1).endswith("10.0% lower")
+    assert report.versus("DSA", 0.1, "MNL", 0.1).endswith("level")
+    with pytest.raises(DsaError, match="MNL"):
+        report.versus("DSA", 0.1, "MNL", float("nan"))
