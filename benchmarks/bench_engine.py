@@ -96,7 +96,7 @@ def run_mode(mode: str, model_name: str, steps: int, out: Path, threads: int | N
                      progress=False)
     step_times.append(step_times[0] + res.seconds)
     per_step = [b - a for a, b in zip(step_times, step_times[1:])]
-    cache_mb = sum(e.h.numel() + e.cos.numel() + e.sin.numel() for e in om._entries) * 4 / 2**20
+    cache_mb = om.prefix_cache.bytes / 2**20 if om.cached else 0.0  # hidden states only (rotary recomputed)
     torch.save({
         "mode": mode, "prepare_s": prepare_s, "step_s": per_step, "loss": res.step_loss,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -7,8 +7,9 @@ prepared prompts, differentiable in the parameters a *strategy* trains:
 - ``"last_layer"`` (paper default): the last transformer block, the final norm
   and the output layer's option rows.  Everything below the last block is
   frozen, so its output never changes: :meth:`OptionModel.prepare` runs the
-  frozen prefix once per prompt and caches the last block's inputs (hidden
-  states and rotary cos/sin, captured with a forward pre-hook).  Each training
+  frozen prefix once per prompt and caches the last block's input hidden states
+  (captured with a forward pre-hook; the rotary cos/sin are recomputed from the
+  positions) in an LRU bounded in bytes, optionally also on disk.  Each training
   step then runs only the last block, and only at the answer position: keys and
   values over the whole prompt, the query, attention output and MLP for the
   last token alone.  The output layer is an untied copy of the option-token rows
@@ -22,8 +23,10 @@ prepared prompts, differentiable in the parameters a *strategy* trains:
   forward each step.
 - ``"full"``: every parameter; full forward each step.
 
-The engine trains ``model`` in place (pass ``copy.deepcopy(model)`` to keep the
-original).  :meth:`OptionModel.export_model` returns a plain model whose
+Trained parameters are fp32 whatever the model's dtype (the frozen prefix keeps
+it); a model sharded by accelerate works as long as the trained parameters are
+resident (see :class:`OptionModel`).  The engine trains ``model`` in place (pass
+``copy.deepcopy(model)`` to keep the original).  :meth:`OptionModel.export_model` returns a plain model whose
 :func:`~dsalib.lm.option_probs` equal the engine's predictions.
 
 :func:`train_loop` runs AdamW over batches of items with a caller's loss; it is
@@ -43,6 +46,8 @@ import inspect
 import os
 import sys
 import time
+import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -54,6 +59,8 @@ from dsalib.distributed import agreed, gather_shards, process_share
 from dsalib.errors import DsaError
 from dsalib.lm import (
     NonFiniteLogitsError,
+    checkpoint_fingerprint,
+    checkpoint_folder,
     OptionRule,
     check_finite,
     encode_prompts,
@@ -85,18 +92,6 @@ def _check_block(block: nn.Module) -> None:
             f"the cached last-layer engine does not know blocks of type {type(block).__name__} "
             f"(missing {missing}); use OptionModel(..., cache=False) or strategy='lora'/'full'"
         )
-
-
-def _rope_kwarg(block: nn.Module, kwargs: dict) -> str:
-    """Name of the block's keyword argument that carries its rotary (cos, sin)."""
-    if "position_embeddings" in kwargs:
-        return "position_embeddings"
-    if "position_embeddings_global" in kwargs:  # Gemma 3: local rope on sliding layers
-        return "position_embeddings_local" if getattr(block.self_attn, "is_sliding", False) else "position_embeddings_global"
-    raise EngineError(
-        f"could not find the rotary position embeddings among the inputs of {type(block).__name__} "
-        f"({sorted(kwargs)}); use OptionModel(..., cache=False) or strategy='lora'/'full'"
-    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -166,16 +161,182 @@ def block_at_last_position(block: nn.Module, h: torch.Tensor, valid: torch.Tenso
     return res[:, 0]
 
 
+# --------------------------------------------------------------------------- precision and placement
+
+
+class _Fp32BlockInputs:
+    """Forward pre-hook on the trained last block of a half-precision model.
+
+    The frozen prefix runs in the model's dtype (bf16 on a GPU); the last block,
+    the final norm and the option head are trained in fp32.  This hook casts the
+    hidden states at that boundary to fp32, recomputes the rotary (cos, sin) in
+    fp32 from the position ids with the decoder's own rotary modules (so the
+    cached path, which recomputes them the same way, sees the same values), and
+    casts a floating attention mask to fp32.
+    """
+
+    def __init__(self, rotary: dict[str, nn.Module]):
+        self.rotary = rotary
+
+    def __call__(self, module, args, kwargs):
+        if args:
+            args = (args[0].float(),) + tuple(args[1:])
+        else:
+            kwargs["hidden_states"] = kwargs["hidden_states"].float()
+        h = args[0] if args else kwargs["hidden_states"]
+        pos = kwargs.get("position_ids")
+        for name, rotary in self.rotary.items():
+            if kwargs.get(name) is not None:
+                if pos is not None:
+                    cos, sin = rotary(h, pos)
+                    kwargs[name] = (cos.to(h.device), sin.to(h.device))
+                else:
+                    kwargs[name] = tuple(t.float() for t in kwargs[name])
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask) and mask.is_floating_point():
+            kwargs["attention_mask"] = mask.float()
+        return args, kwargs
+
+
+def _cast_input_to_weight(module, args):
+    """Forward pre-hook on a half-precision output layer that follows an fp32 final norm."""
+    return (args[0].to(module.weight.dtype),) + tuple(args[1:])
+
+
+def _rotary_modules(decoder: nn.Module) -> dict[str, nn.Module]:
+    """The decoder's rotary modules by the keyword argument of the block that carries their output."""
+    found = {}
+    if hasattr(decoder, "rotary_emb"):
+        found["position_embeddings"] = decoder.rotary_emb
+        found["position_embeddings_global"] = decoder.rotary_emb
+    if hasattr(decoder, "rotary_emb_local"):  # Gemma 3: local rope on sliding layers
+        found["position_embeddings_local"] = decoder.rotary_emb_local
+    return found
+
+
+def _block_rotary(decoder: nn.Module, block: nn.Module) -> nn.Module:
+    """The rotary module whose (cos, sin) the last block uses."""
+    if getattr(block.self_attn, "is_sliding", False) and hasattr(decoder, "rotary_emb_local"):
+        return decoder.rotary_emb_local
+    if hasattr(decoder, "rotary_emb"):
+        return decoder.rotary_emb
+    raise EngineError(
+        f"the cached last-layer engine recomputes rotary embeddings with the decoder's rotary module, "
+        f"but {type(decoder).__name__} has no rotary_emb; use OptionModel(..., cache=False) or strategy='lora'/'full'"
+    )
+
+
+def _hooks(module: nn.Module) -> list:
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", [hook]))
+
+
+def _resident_device(named: dict[str, nn.Module], what: str) -> torch.device:
+    """The one device that holds every parameter of ``named``; a clear error when they are offloaded or split."""
+    devices = {}
+    for prefix, module in named.items():
+        for sub_name, sub in module.named_modules():
+            if any(getattr(h, "offload", False) for h in _hooks(sub)):
+                raise EngineError(
+                    f"{what}: {prefix + ('.' + sub_name if sub_name else '')} is offloaded by accelerate "
+                    f"(its weights are loaded only while it runs), so training it would be lost; keep it resident "
+                    f"on one device (dsalib.lm.load_model(device_map=...) pins it), or give it room in max_memory"
+                )
+        for n, p in module.named_parameters():
+            if p.device.type == "meta":
+                raise EngineError(
+                    f"{what}: parameter {prefix}.{n} is on the meta device (offloaded or never loaded); "
+                    f"it is trained, so it must be resident: load with dsalib.lm.load_model(device_map=...), "
+                    f"which pins the last block and the final norm to one device"
+                )
+            devices.setdefault(p.device, f"{prefix}.{n}")
+    if len(devices) > 1:
+        raise EngineError(
+            f"{what} are spread over several devices ({', '.join(f'{v} on {k}' for k, v in devices.items())}); "
+            f"pin them to one device (dsalib.lm.pinned_device_map)"
+        )
+    if not devices:
+        raise EngineError(f"{what} have no parameters")
+    return next(iter(devices))
+
+
+def _resident_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """A parameter's values, read from accelerate's offload map when the module is offloaded."""
+    t = getattr(module, name)
+    if t is not None and t.device.type == "meta":
+        for hook in _hooks(module):
+            wmap = getattr(hook, "weights_map", None)
+            try:
+                if wmap is not None:
+                    return wmap[name]
+            except KeyError:  # a tied weight is stored once, under the other module's name
+                pass
+        raise EngineError(f"{type(module).__name__}.{name} is on the meta device and its offloaded values "
+                          f"cannot be found; load the model with dsalib.lm.load_model(device_map=...)")
+    return t
+
+
+# --------------------------------------------------------------------------- the prefix cache
+
+#: Default byte budget of the in-memory prefix cache (see :class:`PrefixCache`).
+DEFAULT_PREFIX_CACHE_BYTES = 8 * 2**30
+
+
+class PrefixCache:
+    """In-memory least-recently-used store of last-block inputs, bounded in bytes.
+
+    ``budget_bytes`` None means unbounded.  An entry larger than the whole
+    budget is not stored.  ``peak_bytes`` is the most the store ever held.
+    """
+
+    def __init__(self, budget_bytes: int | None):
+        if budget_bytes is not None and (isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int)
+                                         or budget_bytes < 0):
+            raise EngineError(f"prefix_cache_bytes must be a non-negative integer or None, got {budget_bytes!r}")
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    def get(self, key) -> torch.Tensor | None:
+        t = self._entries.get(key)
+        if t is not None:
+            self._entries.move_to_end(key)
+        return t
+
+    def put(self, key, t: torch.Tensor) -> bool:
+        """Store ``t`` (evicting the least recently used entries); False when it exceeds the whole budget."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return True
+        n = t.numel() * t.element_size()
+        if self.budget_bytes is not None:
+            if n > self.budget_bytes:
+                return False
+            while self.bytes + n > self.budget_bytes:
+                _, old = self._entries.popitem(last=False)
+                self.bytes -= old.numel() * old.element_size()
+                self.evictions += 1
+        self._entries[key] = t
+        self.bytes += n
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        return True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
 # --------------------------------------------------------------------------- the option model
-
-
-@dataclass
-class _Entry:
-    """Cached inputs of the last block for one prompt (real tokens only)."""
-
-    h: torch.Tensor  # (L, H)
-    cos: torch.Tensor  # (L, D)
-    sin: torch.Tensor  # (L, D)
 
 
 class OptionModel(nn.Module):
@@ -184,7 +345,10 @@ class OptionModel(nn.Module):
     Parameters
     ----------
     model, tokenizer
-        A Hugging Face causal LM (trained in place) and its tokenizer.
+        A Hugging Face causal LM (trained in place) and its tokenizer.  It may
+        be sharded by accelerate (``device_map``): the parameters a strategy
+        trains must then be resident (never on ``meta``/offloaded; for
+        ``last_layer`` the last block and final norm on one device).
     rule
         How the answer is read (:class:`~dsalib.lm.OptionRule`).  The cached
         ``last_layer`` engine needs ``scoring="single_token"``.
@@ -196,38 +360,61 @@ class OptionModel(nn.Module):
     lora_r, lora_alpha, lora_dropout, lora_target_modules
         LoRA settings (``lora`` only).
     batch_size
-        Prompts per forward pass in :meth:`prepare` and :meth:`predict`.
+        Prompts per forward pass in :meth:`predict` and every no-grad pass.
+    prefix_batch_size
+        Prompts per frozen-prefix pass in :meth:`prepare` (default ``batch_size``).
     cache_dir
         Optional folder for an on-disk cache of last-block inputs, keyed by a
-        fingerprint of the frozen weights and the prompt's token ids.
+        fingerprint of the checkpoint (see :meth:`fingerprint`) and the prompt's
+        token ids.
+    prefix_cache_bytes
+        Byte budget of the in-memory prefix cache (:class:`PrefixCache`, LRU;
+        default :data:`DEFAULT_PREFIX_CACHE_BYTES`, None for unbounded).
     seed
         Seeds the LoRA initialisation.
     verify_tol
         Largest allowed difference in option probabilities between the cached
-        path and the model's own forward pass at :meth:`prepare` (default 1e-4
-        in fp32, 2e-2 in half precision).
+        path and the model's own forward pass at :meth:`prepare` (default 1e-4;
+        both run the same fp32 last block on the same prefix output).
+
+    Precision: whatever the model's dtype, the trained parameters are fp32
+    (``last_layer``: the last block, final norm and option head are cast to
+    fp32 in place; ``lora``: the adapters; ``full``: the whole model, which
+    then runs under ``torch.autocast`` in the model's original half-precision
+    dtype, i.e. fp32 master weights with bf16 compute).  The frozen prefix runs
+    in the model's dtype; its output is cast to fp32 at the last block.
     """
 
     def __init__(self, model, tokenizer, rule: OptionRule, strategy: str = "last_layer", *,
                  cache: bool = True, lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                 batch_size: int = 16, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+                 batch_size: int = 16, prefix_batch_size: int | None = None,
+                 cache_dir: str | os.PathLike | None = None,
+                 prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES, seed: int = 0,
                  verify_tol: float | None = None):
         super().__init__()
         if strategy not in STRATEGIES:
             raise EngineError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        for name, value in (("batch_size", batch_size), ("prefix_batch_size", prefix_batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EngineError(f"{name} must be a positive integer, got {value!r}")
         self.rule = rule
         self.options = self.rule.resolve(tokenizer)
         self.tokenizer = tokenizer
         self.strategy = strategy
         self.cached = bool(cache) and strategy == "last_layer"
         self.batch_size = batch_size
+        self.prefix_batch_size = prefix_batch_size or batch_size
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.seed = seed
         self.lora_config = None
+        self._lru = PrefixCache(prefix_cache_bytes)
         model.eval()  # no dropout anywhere: the paper's setting has none to speak of
         for p in model.parameters():
             p.requires_grad_(False)
+        self.prefix_dtype = model.get_input_embeddings().weight.dtype
+        half = self.prefix_dtype != torch.float32
+        self._autocast_dtype = None
         if strategy == "last_layer":
             if self.rule.scoring != "single_token":
                 raise EngineError(
@@ -243,9 +430,20 @@ class OptionModel(nn.Module):
             block = decoder.layers[-1]
             if self.cached:
                 _check_block(block)
+                self._rotary = _block_rotary(decoder, block)
+            self._train_device = _resident_device(
+                {f"layers.{len(decoder.layers) - 1}": block, "norm": decoder.norm},
+                "the last_layer strategy trains the last block and the final norm, which")
+            block.float()
+            decoder.norm.float()
             for p in list(block.parameters()) + list(decoder.norm.parameters()):
                 p.requires_grad_(True)
-            self.head = _option_head(model, self.options.single_ids)
+            if half and not getattr(block, "_dsalib_fp32_inputs", False):
+                block.register_forward_pre_hook(_Fp32BlockInputs(_rotary_modules(decoder)), with_kwargs=True)
+                block._dsalib_fp32_inputs = True
+                lm_head = model.get_output_embeddings()
+                lm_head.register_forward_pre_hook(_cast_input_to_weight)
+            self.head = _option_head(model, self.options.single_ids, self._train_device)
         elif strategy == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -255,18 +453,34 @@ class OptionModel(nn.Module):
                 torch.manual_seed(seed)
                 model = get_peft_model(model, self.lora_config)
             model.eval()
+            for p in model.parameters():
+                if p.requires_grad and p.dtype != torch.float32:  # peft keeps adapters in fp32; make sure
+                    p.data = p.data.float()
         else:
+            if half:  # fp32 master weights; the forward runs under autocast in the original dtype
+                model.float()
+                self._autocast_dtype = self.prefix_dtype
             for p in model.parameters():
                 p.requires_grad_(True)
         self.model = model
-        dtype = next(model.parameters()).dtype
-        self.verify_tol = verify_tol if verify_tol is not None else (1e-4 if dtype == torch.float32 else 2e-2)
+        if strategy != "last_layer":
+            offloaded = [n for n, p in model.named_parameters() if p.requires_grad and p.device.type == "meta"]
+            if offloaded:
+                raise EngineError(
+                    f"the {strategy} strategy trains parameters that are on the meta device (offloaded by a "
+                    f"device_map): {offloaded[:3]}; keep every layer resident (device_map over GPUs with "
+                    f"max_memory, no CPU/disk offload); a model whose training state does not fit the GPUs needs "
+                    f"FSDP (configs/accelerate/fsdp.yaml, see the README)"
+                )
+            self._train_device = model_device(model)
+        self._input_device = model_device(self.base_model)
+        self.verify_tol = verify_tol if verify_tol is not None else 1e-4
         self._ids: list[list[int]] = []
-        self._entries: list[_Entry] = []
-        self._memory: dict[tuple[int, ...], _Entry] = {}
         self._fingerprint: str | None = None
-        self.prefix_seconds = 0.0  # time spent running the frozen prefix in prepare()
-        self.prefix_computed = 0  # prompts whose prefix was run (not found in a cache)
+        self._warned_budget = False
+        self.prefix_seconds = 0.0  # time spent running the frozen prefix
+        self.prefix_computed = 0  # prompts whose prefix was run (not found in a cache), recomputations included
+        self.prefix_loaded = 0  # prompts whose prefix was read from cache_dir
 
     # ------------------------------------------------------------------ parts
 
@@ -281,11 +495,17 @@ class OptionModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return model_device(self.model)
+        """Where training happens: the last block's device (``last_layer``), else the input embedding's."""
+        return self._train_device
 
     @property
     def n_prompts(self) -> int:
         return len(self._ids)
+
+    @property
+    def prefix_cache(self) -> PrefixCache:
+        """The in-memory prefix cache (its ``bytes``, ``peak_bytes``, ``budget_bytes``, ``evictions``)."""
+        return self._lru
 
     def parameters_to_train(self) -> list[nn.Parameter]:
         """The parameters the strategy trains."""
@@ -298,6 +518,10 @@ class OptionModel(nn.Module):
             "strategy": self.strategy, "cached": self.cached, "rule": self.rule.to_dict(),
             "model": getattr(self.base_model.config, "_name_or_path", None),
             "trainable_parameters": int(n_train),
+            "prefix_dtype": str(self.prefix_dtype).replace("torch.", ""),
+            "trainable_dtype": "float32",
+            "autocast_dtype": None if self._autocast_dtype is None else str(self._autocast_dtype).replace("torch.", ""),
+            "prefix_cache_budget_bytes": self._lru.budget_bytes,
             "lora": None if self.lora_config is None else {
                 "r": self.lora_config.r, "alpha": self.lora_config.lora_alpha,
                 "dropout": self.lora_config.lora_dropout, "targets": sorted(self.lora_config.target_modules)},
@@ -325,50 +549,72 @@ class OptionModel(nn.Module):
 
         Indices passed to :meth:`forward` refer to this list.  Prompts seen
         before (in memory, or in ``cache_dir``) are not recomputed.
+
+        When the prompts' cached inputs exceed the in-memory budget
+        (``prefix_cache_bytes``), the least recently used entries are evicted;
+        a later step that needs an evicted entry reads it back from
+        ``cache_dir`` if there is one, else recomputes its prefix (correct, but
+        as slow as the plain path for that batch; a warning says so once).
         """
         self._ids = encode_prompts(self.tokenizer, prompts, self.rule, model=self.base_model)
         if not self.cached:
             return self
-        todo = [i for i in range(len(self._ids)) if tuple(self._ids[i]) not in self._memory]
-        if self.cache_dir is not None and todo:
-            todo = [i for i in todo if not self._load_from_disk(self._ids[i])]
+        todo, seen = [], set()
+        for i, seq in enumerate(self._ids):
+            key = tuple(seq)
+            if key in seen or key in self._lru:
+                continue
+            seen.add(key)
+            if self.cache_dir is None or not self._disk_path(seq).is_file():
+                todo.append(i)
         self._compute_prefix(todo, progress)
-        self._entries = [self._memory[tuple(s)] for s in self._ids]
+        budget = self._lru.budget_bytes
+        if budget is not None and self.cache_dir is None and not self._warned_budget:
+            per_token = self.decoder.layers[-1].input_layernorm.weight.shape[-1] * torch.finfo(self.prefix_dtype).bits // 8
+            need = per_token * sum(len(s) for s in {tuple(s): s for s in self._ids}.values())
+            if need > budget:
+                warnings.warn(
+                    f"the prepared prompts' prefix cache needs about {need / 2**30:.2f} GiB, more than "
+                    f"prefix_cache_bytes={budget} ({budget / 2**30:.2f} GiB): evicted entries will be recomputed "
+                    f"at every step that needs them; raise prefix_cache_bytes or set cache_dir", stacklevel=2)
+                self._warned_budget = True
         return self
 
     @torch.no_grad()
-    def _compute_prefix(self, rows: list[int], progress: bool) -> None:
+    def _compute_prefix(self, rows: list[int], progress: bool = False, collect: bool = False) -> dict[int, torch.Tensor]:
+        """Run the frozen prefix of ``rows`` in batches of ``prefix_batch_size``, check the cached path
+        against the full forward, and store the last block's inputs (memory budget permitting, and on disk).
+        Returns the rows' entries when ``collect``."""
         from .progress import bar as tqdm
 
+        got: dict[int, torch.Tensor] = {}
         if not rows:
-            return
+            return got
         start = time.perf_counter()
         order = sorted(rows, key=lambda i: len(self._ids[i]))
         block = self.decoder.layers[-1]
         pad = pad_token_id(self.tokenizer)
-        chunks = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        size = self.prefix_batch_size
+        chunks = [order[s : s + size] for s in range(0, len(order), size)]
         for chunk in tqdm(chunks, desc="prefix cache", disable=not progress):
             seqs = [self._ids[i] for i in chunk]
-            input_ids, mask = pad_left(seqs, pad, self.device)
+            input_ids, mask = pad_left(seqs, pad, self._input_device)
             captured: dict[str, Any] = {}
 
             def hook(module, args, kwargs):
                 captured["h"] = args[0] if args else kwargs["hidden_states"]
-                captured["kwargs"] = kwargs
 
-            handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+            # prepend: capture the prefix output in the model's dtype, before it is cast to fp32
+            handle = block.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
             try:
                 out = self.decoder(input_ids=input_ids, attention_mask=mask,
                                    position_ids=position_ids_from_mask(mask), use_cache=False)
             finally:
                 handle.remove()
-            reference = self._head_log_probs(out.last_hidden_state[:, -1], chunk)
-            cos, sin = captured["kwargs"][_rope_kwarg(block, captured["kwargs"])]
-            entries = []
-            for r, seq in enumerate(seqs):
-                n = len(seq)
-                rr = r if cos.shape[0] > 1 else 0
-                entries.append(_Entry(h=captured["h"][r, -n:].clone(), cos=cos[rr, -n:].clone(), sin=sin[rr, -n:].clone()))
+            reference = self._head_log_probs(out.last_hidden_state[:, -1].to(self.device), chunk)
+            hs = captured["h"].to(self.device, self.prefix_dtype)
+            entries = [hs[r, -len(seq):].clone() for r, seq in enumerate(seqs)]
+            del captured, hs, out
             cached = self._cached_log_probs(entries, chunk)
             diff = float((cached.exp() - reference.exp()).abs().max())
             if diff > self.verify_tol:
@@ -377,22 +623,65 @@ class OptionModel(nn.Module):
                     f"option probability (tolerance {self.verify_tol:.0e}) for {type(block).__name__}; "
                     f"use OptionModel(..., cache=False) or strategy='lora'/'full', and report this model"
                 )
-            for seq, entry in zip(seqs, entries):
-                self._memory[tuple(seq)] = entry
+            for row, seq, entry in zip(chunk, seqs, entries):
+                self._lru.put(tuple(seq), entry)
                 if self.cache_dir is not None:
                     self._save_to_disk(seq, entry)
+                if collect:
+                    got[row] = entry
         self.prefix_seconds += time.perf_counter() - start
         self.prefix_computed += len(rows)
+        return got
+
+    def _entries_for(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """The cached last-block inputs of ``rows``: from memory, else ``cache_dir``, else recomputed."""
+        got: dict[int, torch.Tensor] = {}
+        missing = []
+        for i in dict.fromkeys(rows):
+            key = tuple(self._ids[i])
+            t = self._lru.get(key)
+            if t is None and self.cache_dir is not None:
+                t = self._load_from_disk(self._ids[i])
+            if t is None:
+                missing.append(i)
+            else:
+                got[i] = t
+        if missing:
+            got.update(self._compute_prefix(missing, collect=True))
+        return [got[i] for i in rows]
 
     # ------------------------------------------------------------------ on-disk cache
 
     def fingerprint(self) -> str:
-        """Hash of the config and every frozen weight below the last block."""
+        """Key of the frozen prefix for the on-disk cache.
+
+        It hashes the checkpoint's files (:func:`dsalib.lm.checkpoint_fingerprint`:
+        config, weight files' names, sizes, modification times and safetensors
+        headers, the hub blob names; no tensor is read), the model's config and
+        the prefix dtype.  It assumes the frozen weights in memory are the
+        checkpoint's (this engine never changes them).  A model built in memory
+        from a config has no files: then the frozen weights below the last block
+        are hashed, which needs them resident (an offloaded model without files
+        is an :class:`EngineError`).
+        """
         if self._fingerprint is None:
-            digest = hashlib.sha256(self.base_model.config.to_json_string().encode())
-            frozen = [self.decoder.embed_tokens] + list(self.decoder.layers[:-1])
-            for module in frozen:
-                for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            model = self.base_model
+            digest = hashlib.sha256(b"dsalib-prefix-v2:" + str(self.prefix_dtype).encode())
+            digest.update(model.config.to_json_string().encode())
+            folder = checkpoint_folder(model)
+            files = checkpoint_fingerprint(folder) if folder is not None else None
+            if files is not None:
+                digest.update(files.encode())
+            else:
+                frozen = [self.decoder.embed_tokens] + list(self.decoder.layers[:-1])
+                tensors = [(n, t) for m in frozen for n, t in list(m.named_parameters()) + list(m.named_buffers())]
+                if any(t.device.type == "meta" for _, t in tensors):
+                    raise EngineError(
+                        "the on-disk prefix cache needs a key for the frozen weights: this model was built in "
+                        "memory (no checkpoint files) and is offloaded, so its weights cannot be hashed; load it "
+                        "from a folder or hub id, or use cache_dir=None"
+                    )
+                for name, t in tensors:
                     digest.update(name.encode())
                     digest.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()
@@ -402,29 +691,34 @@ class OptionModel(nn.Module):
         key = hashlib.sha256((self.fingerprint() + ":" + ",".join(map(str, seq))).encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.safetensors"
 
-    def _load_from_disk(self, seq: Sequence[int]) -> bool:
+    def _load_from_disk(self, seq: Sequence[int]) -> torch.Tensor | None:
         from safetensors.torch import load_file
 
         path = self._disk_path(seq)
         if not path.is_file():
-            return False
-        t = load_file(str(path), device=str(self.device))
-        self._memory[tuple(seq)] = _Entry(h=t["h"], cos=t["cos"], sin=t["sin"])
-        return True
+            return None
+        h = load_file(str(path), device=str(self.device))["h"]
+        if h.shape[0] != len(seq):
+            raise EngineError(f"the prefix cache file {path} holds {h.shape[0]} positions for a prompt of "
+                              f"{len(seq)} tokens; delete it (the cache folder is corrupt)")
+        self._lru.put(tuple(seq), h)
+        self.prefix_loaded += 1
+        return h
 
-    def _save_to_disk(self, seq: Sequence[int], entry: _Entry) -> None:
+    def _save_to_disk(self, seq: Sequence[int], h: torch.Tensor) -> None:
+        """Only the hidden states: the rotary tables are recomputed from the positions."""
         from safetensors.torch import save_file
 
         path = self._disk_path(seq)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"h": entry.h.contiguous(), "cos": entry.cos.contiguous(), "sin": entry.sin.contiguous()}, str(tmp))
+        save_file({"h": h.contiguous()}, str(tmp))
         os.replace(tmp, path)  # atomic: readers never see a half-written file
 
     # ------------------------------------------------------------------ forward
 
     def _head_log_probs(self, hidden: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        logits = self.head(hidden)
+        logits = self.head(hidden.float())
         cap = getattr(self.base_model.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
@@ -432,18 +726,18 @@ class OptionModel(nn.Module):
         check_finite(logits, "option logits", rows=list(rows))
         return torch.log_softmax(logits, dim=-1)
 
-    def _cached_log_probs(self, entries: Sequence[_Entry], rows: Sequence[int]) -> torch.Tensor:
-        first = entries[0].h
-        length = max(e.h.shape[0] for e in entries)
+    def _cached_log_probs(self, entries: Sequence[torch.Tensor], rows: Sequence[int]) -> torch.Tensor:
+        """The last block (fp32) at the answer position from cached inputs; rotary recomputed in fp32."""
+        length = max(e.shape[0] for e in entries)
         bsz = len(entries)
-        h = first.new_zeros((bsz, length, first.shape[-1]))
-        cos = entries[0].cos.new_zeros((bsz, length, entries[0].cos.shape[-1]))
-        sin = torch.zeros_like(cos)
-        valid = torch.zeros((bsz, length), dtype=torch.bool, device=first.device)
+        dev = self.device
+        h = torch.zeros((bsz, length, entries[0].shape[-1]), dtype=torch.float32, device=dev)
+        valid = torch.zeros((bsz, length), dtype=torch.bool, device=dev)
         for r, e in enumerate(entries):
-            n = e.h.shape[0]
-            h[r, -n:], cos[r, -n:], sin[r, -n:], valid[r, -n:] = e.h, e.cos, e.sin, True
-        out = block_at_last_position(self.decoder.layers[-1], h, valid, cos, sin)
+            n = e.shape[0]
+            h[r, -n:], valid[r, -n:] = e, True
+        cos, sin = self._rotary(h, position_ids_from_mask(valid))
+        out = block_at_last_position(self.decoder.layers[-1], h, valid, cos.to(dev), sin.to(dev))
         return self._head_log_probs(self.decoder.norm(out), rows)
 
     def _index(self, idx) -> list[int]:
@@ -459,19 +753,25 @@ class OptionModel(nn.Module):
         """Log option probabilities (B, K) of prepared prompts ``idx``, normalised over the options."""
         rows = self._index(idx)
         if self.cached:
-            return self._cached_log_probs([self._entries[i] for i in rows], rows)
-        input_ids, mask = pad_left([self._ids[i] for i in rows], pad_token_id(self.tokenizer), self.device)
+            return self._cached_log_probs(self._entries_for(rows), rows)
+        input_ids, mask = pad_left([self._ids[i] for i in rows], pad_token_id(self.tokenizer), self._input_device)
         if self.strategy == "last_layer":  # the plain path: full forward, same trainable parameters
             out = self.decoder(input_ids=input_ids, attention_mask=mask,
                                position_ids=position_ids_from_mask(mask), use_cache=False)
-            return self._head_log_probs(out.last_hidden_state[:, -1], rows)
-        logp = label_log_probs(self.model, input_ids, mask, self.options, rows=rows)
-        return torch.log_softmax(logp, dim=-1)
+            return self._head_log_probs(out.last_hidden_state[:, -1].to(self.device), rows)
+        with torch.autocast(self._input_device.type, dtype=self._autocast_dtype or torch.float32,
+                            enabled=self._autocast_dtype is not None):
+            logp = label_log_probs(self.model, input_ids, mask, self.options, rows=rows)
+        return torch.log_softmax(logp.float(), dim=-1)
 
     def log_probs(self, idx, grad: bool = True) -> torch.Tensor:
-        """:meth:`forward`, with or without autograd."""
-        with torch.set_grad_enabled(grad):
+        """:meth:`forward`, with or without autograd; without, in batches of ``batch_size``."""
+        if grad:
             return self(idx)
+        rows = self._index(idx)
+        with torch.no_grad():
+            parts = [self(rows[s : s + self.batch_size]) for s in range(0, len(rows), self.batch_size)]
+        return torch.cat(parts) if parts else torch.zeros((0, self.rule.n_options), device=self.device)
 
     def probs(self, idx, grad: bool = True) -> torch.Tensor:
         """Option probabilities (B, K) of prepared prompts ``idx``."""
@@ -493,34 +793,51 @@ class OptionModel(nn.Module):
 
         ``last_layer``: unties the LM head (a copy of the embedding) and writes
         the trained option rows into it, so :func:`~dsalib.lm.option_probs` of the
-        returned model equals :meth:`predict` (other rows keep their values).
-        ``lora`` returns the peft model, ``full`` the model itself.
+        returned model equals :meth:`predict` (other rows keep their values).  A
+        half-precision head becomes an fp32 copy, so the trained rows keep their
+        precision.  ``lora`` returns the peft model, ``full`` the model itself.
         """
         if self.strategy != "last_layer":
             return self.model
         model = self.model
         lm_head = model.get_output_embeddings()
-        if lm_head.weight is model.get_input_embeddings().weight:
-            lm_head.weight = nn.Parameter(lm_head.weight.detach().clone(), requires_grad=False)
+        if lm_head.weight.device.type == "meta":
+            raise EngineError("export_model writes the option rows into the output layer, which is offloaded; "
+                              "keep lm_head resident in the device_map")
+        tied = lm_head.weight is model.get_input_embeddings().weight
+        if tied or lm_head.weight.dtype != torch.float32:
+            lm_head.weight = nn.Parameter(lm_head.weight.detach().float().clone(), requires_grad=False)
+            if lm_head.bias is not None:
+                lm_head.bias = nn.Parameter(lm_head.bias.detach().float().clone(), requires_grad=False)
             model.config.tie_word_embeddings = False
         ids = torch.tensor(self.options.single_ids, device=lm_head.weight.device)
-        lm_head.weight[ids] = self.head.weight.to(lm_head.weight.dtype)
+        lm_head.weight[ids] = self.head.weight.to(lm_head.weight)
         if self.head.bias is not None:
-            lm_head.bias[ids] = self.head.bias.to(lm_head.bias.dtype)
+            lm_head.bias[ids] = self.head.bias.to(lm_head.bias)
         return model
 
 
-def _option_head(model, ids: Sequence[int]) -> nn.Linear:
-    """An untied copy of the LM head's rows for the option tokens."""
+def _option_head(model, ids: Sequence[int], device: torch.device) -> nn.Linear:
+    """An untied fp32 copy of the LM head's rows for the option tokens, on ``device``."""
     lm_head = model.get_output_embeddings()
-    weight = lm_head.weight
-    head = nn.Linear(weight.shape[1], len(ids), bias=lm_head.bias is not None, device=weight.device, dtype=weight.dtype)
+    embed = model.get_input_embeddings()
+    tied = lm_head.weight is embed.weight
+    try:
+        weight = _resident_weight(lm_head, "weight")
+    except EngineError:
+        if not tied:
+            raise
+        weight = _resident_weight(embed, "weight")
+    bias = _resident_weight(lm_head, "bias") if getattr(lm_head, "bias", None) is not None else None
+    head = nn.Linear(weight.shape[1], len(ids), bias=bias is not None, device=device, dtype=torch.float32)
+    rows = torch.tensor(list(ids), device=weight.device)
     with torch.no_grad():
-        head.weight.copy_(weight[list(ids)])
-        if lm_head.bias is not None:
-            head.bias.copy_(lm_head.bias[list(ids)])
+        head.weight.copy_(weight[rows].float())
+        if bias is not None:
+            head.bias.copy_(bias[rows.to(bias.device)].float())
     head.weight.requires_grad_(True)
     return head
+
 
 
 # --------------------------------------------------------------------------- training loop

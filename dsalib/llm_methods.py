@@ -33,6 +33,7 @@ import numpy as np
 from . import lm as lm_mod
 from . import prompts
 from .baselines import _check_keys, _check_train
+from .engine import DEFAULT_PREFIX_CACHE_BYTES
 from .errors import DsaError
 from .surveys import SubgroupTable, Survey, hamming1_pairs, split_counts
 
@@ -50,6 +51,10 @@ class LanguageModel:
     scoring: str = "single_token"
     batch_size: int = 16
     prefix_cache_dir: str | None = None
+    #: Byte budget of each option model's in-memory prefix cache (None: unbounded; see dsalib.engine.PrefixCache).
+    prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES
+    #: Prompts per frozen-prefix pass (default batch_size).
+    prefix_batch_size: int | None = None
     _probs_cache: dict = field(default_factory=dict, repr=False)
     _option_models: dict = field(default_factory=dict, repr=False)
     _phase1_memo: dict = field(default_factory=dict, repr=False)
@@ -58,8 +63,15 @@ class LanguageModel:
 
     @classmethod
     def load(cls, name: str = lm_mod.DEFAULT_MODEL, **kwargs) -> "LanguageModel":
-        """Load a model by name; ``prefix_cache_dir`` relative to the repository root (as notebooks give it) or absolute."""
-        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "cache_dir", "trust_remote_code") if k in kwargs}
+        """Load a model by name; ``prefix_cache_dir`` relative to the repository root (as notebooks give it) or absolute.
+
+        ``device``, ``dtype``, ``cache_dir``, ``trust_remote_code``, ``device_map``, ``max_memory``,
+        ``attn_implementation`` and ``offload_folder`` go to :func:`dsalib.lm.load_model`; the rest
+        (``batch_size``, ``prefix_cache_dir``, ``prefix_cache_bytes``, ``prefix_batch_size``, label settings)
+        to this class.
+        """
+        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "cache_dir", "trust_remote_code", "device_map",
+                                              "max_memory", "attn_implementation", "offload_folder") if k in kwargs}
         if kwargs.get("prefix_cache_dir"):
             from .results import resolve_output_dir
 
@@ -120,7 +132,8 @@ class LanguageModel:
         if key not in self._option_models:
             base = self.model if strategy == "last_layer" else copy.deepcopy(self.model)
             om = OptionModel(base, self.tokenizer, rule, strategy=strategy, batch_size=self.batch_size,
-                             cache_dir=self.prefix_cache_dir)
+                             prefix_batch_size=self.prefix_batch_size, cache_dir=self.prefix_cache_dir,
+                             prefix_cache_bytes=self.prefix_cache_bytes)
             self._option_models[key] = (om, om.state_dict())
         return self._option_models[key]
 

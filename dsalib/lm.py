@@ -89,8 +89,9 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's first parameter."""
-    return next(model.parameters()).device
+    """The device a model's inputs go to: its input embedding's execution device (sharded models too)."""
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return execution_device(embed if embed is not None else model)
 
 
 # --------------------------------------------------------------------------- loading
@@ -117,6 +118,10 @@ def load_model(
     trust_remote_code: bool = False,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    attn_implementation: str | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ):
     """Load a causal LM and its tokenizer; returns ``(model, tokenizer)`` in eval mode.
 
@@ -129,27 +134,175 @@ def load_model(
     ``device`` defaults to CUDA when available, ``dtype`` to bf16 on CUDA and
     fp32 on CPU.  ``cache_dir`` is the folder for converted embedded models
     (see :func:`models_cache_root`).
+
+    Sharding: ``device_map`` (``"auto"``, ``"balanced"``, ... or an explicit
+    ``{module name: device}`` map), ``max_memory`` (``{0: "70GiB", "cpu":
+    "200GiB"}``) and ``offload_folder`` are handed to accelerate's big-model
+    loading, and the model is never moved afterwards.  A string map is
+    resolved here with :func:`pinned_device_map`, which keeps the last block
+    and the final norm (the parameters the ``last_layer`` engine trains)
+    together on one accelerator.  ``device`` and ``device_map`` are exclusive.
+    ``attn_implementation`` (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``)
+    goes to ``from_pretrained``.
     """
-    device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
-    if model == TINY_MODEL:
-        lm, tok = build_tiny_model()
-    elif model in EMBEDDED_MODELS:
-        folder = _converted_embedded(model, models_cache_root(cache_dir))
-        lm, tok = _from_pretrained(str(folder), dtype, trust_remote_code, local_files_only=True)
-    elif Path(model).expanduser().is_dir():
-        folder = Path(model).expanduser()
-        if not (folder / "config.json").is_file() or not (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
-            raise ModelNotFoundError(
-                f"model folder {folder} has no config.json and weights (*.safetensors or *.bin); point to a folder "
-                "saved with save_pretrained, or give a model name"
-            )
-        lm, tok = _from_pretrained(str(Path(model).expanduser()), dtype, trust_remote_code, local_files_only=True)
+    if device is not None and device_map is not None:
+        raise DsaError(
+            f"load_model got both device={device!r} and device_map={device_map!r}; pass device for one "
+            f"device, or device_map (with max_memory) to shard the model"
+        )
+    if (max_memory is not None or offload_folder is not None) and device_map is None:
+        raise DsaError("max_memory and offload_folder only apply with a device_map (e.g. device_map='auto')")
+    if device_map is not None:
+        target = default_device() if not _map_uses_accelerator(device_map, max_memory) else torch.device("cuda")
     else:
-        lm, tok = _load_hub(model, dtype, trust_remote_code, local_files_only)
-    lm = lm.to(device=device, dtype=dtype)
+        target = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(target)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if model == TINY_MODEL:
+        lm, tok = build_tiny_model(**extra)
+        lm = lm.to(dtype=dtype)
+        if device_map is not None:
+            lm = dispatch(lm, device_map, max_memory=max_memory, offload_folder=offload_folder)
+    else:
+        if device_map is not None:
+            extra.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        if model in EMBEDDED_MODELS:
+            folder = _converted_embedded(model, models_cache_root(cache_dir))
+            lm, tok = _from_pretrained(str(folder), dtype, trust_remote_code, local_files_only=True, **extra)
+        elif Path(model).expanduser().is_dir():
+            folder = Path(model).expanduser()
+            if not (folder / "config.json").is_file() or not (any(folder.glob("*.safetensors"))
+                                                            or any(folder.glob("*.bin"))):
+                raise ModelNotFoundError(
+                    f"model folder {folder} has no config.json and weights (*.safetensors or *.bin); point to a "
+                    "folder saved with save_pretrained, or give a model name"
+                )
+            lm, tok = _from_pretrained(str(folder), dtype, trust_remote_code, local_files_only=True, **extra)
+        else:
+            lm, tok = _load_hub(model, dtype, trust_remote_code, local_files_only, **extra)
+    if not is_dispatched(lm):  # a dispatched model stays where accelerate put it
+        lm = lm.to(device=target, dtype=dtype)
     lm.eval()
     return lm, tok
+
+
+def _map_uses_accelerator(device_map, max_memory) -> bool:
+    if isinstance(device_map, dict):
+        return any(not (isinstance(d, str) and d in ("cpu", "disk")) and torch.device(d).type != "cpu"
+                   for d in device_map.values())
+    if max_memory is not None:
+        return any(k not in ("cpu", "disk") for k in max_memory)
+    return torch.cuda.is_available()
+
+
+def is_dispatched(model: torch.nn.Module) -> bool:
+    """Whether accelerate placed the model (``hf_device_map``): it must not be moved as a whole."""
+    return bool(getattr(model, "hf_device_map", None))
+
+
+def _trained_module_names(model: torch.nn.Module) -> tuple[str, str]:
+    """Qualified names of the last decoder block and the final norm."""
+    decoder = model.get_decoder()
+    names = {id(m): n for n, m in model.named_modules()}
+    if not (hasattr(decoder, "layers") and hasattr(decoder, "norm")):
+        raise DsaError(f"{type(model).__name__} has no decoder with .layers and .norm; pass an explicit device_map")
+    return names[id(decoder.layers[-1])], names[id(decoder.norm)]
+
+
+def pinned_device_map(model: torch.nn.Module, device_map: str | dict = "auto",
+                      max_memory: dict | None = None, dtype: torch.dtype | None = None) -> dict:
+    """An explicit ``{module: device}`` map that keeps the last block and final norm resident together.
+
+    ``model`` may live on the meta device (``accelerate.init_empty_weights``).
+    A string ``device_map`` is resolved with accelerate's
+    ``infer_auto_device_map`` (``max_memory``, the model's no-split blocks,
+    tied weights together).  Then the last block and the final norm are put on
+    one device: the one the last block got, or, when that is ``"cpu"``
+    offload next to accelerators or ``"disk"``, the last accelerator in the map
+    (leave room for one block there in ``max_memory``).  The output layer is not
+    moved: the ``last_layer`` engine trains an untied copy of its option rows.
+    """
+    from accelerate.utils import get_balanced_memory, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        no_split = list(getattr(model, "_no_split_modules", None) or [])
+        if device_map in ("balanced", "balanced_low_0") and max_memory is None:
+            max_memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        elif device_map not in ("auto", "sequential", "balanced", "balanced_low_0"):
+            raise DsaError(f"unknown device_map {device_map!r}; use 'auto', 'balanced', 'sequential' or a dict")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                           dtype=dtype)
+    device_map = dict(device_map)
+    block, norm = _trained_module_names(model)
+
+    def device_of(name: str):
+        best = None
+        for key, dev in device_map.items():
+            if key == "" or name == key or name.startswith(key + "."):
+                if best is None or len(key) > len(best[0]):
+                    best = (key, dev)
+        if best is None:
+            raise DsaError(f"the device_map places no module that contains {name!r}")
+        return best[1]
+
+    target = device_of(block)
+    accelerators = [d for d in device_map.values() if d not in ("cpu", "disk")]
+    if target == "disk" or (target == "cpu" and accelerators):
+        target = accelerators[-1] if accelerators else "cpu"
+    for name in (block, norm):
+        if device_of(name) != target:
+            # split a coarser entry (e.g. "model") into its children, then pin the module
+            coarser = [k for k in device_map if k == "" or name.startswith(k + ".")]
+            while coarser:
+                key = coarser[0]
+                parent = model.get_submodule(key) if key else model
+                dev = device_map.pop(key)
+                for child, _ in parent.named_children():
+                    device_map[f"{key}.{child}" if key else child] = dev
+                coarser = [k for k in device_map if k == "" or name.startswith(k + ".")]
+            for key in [k for k in device_map if k.startswith(name + ".")]:
+                device_map.pop(key)
+            device_map[name] = target
+    return device_map
+
+
+def dispatch(model: torch.nn.Module, device_map: str | dict = "auto", max_memory: dict | None = None,
+             offload_folder: str | os.PathLike | None = None) -> torch.nn.Module:
+    """Place a model built in memory (e.g. :func:`build_tiny_model`) with accelerate's ``dispatch_model``.
+
+    The map is :func:`pinned_device_map` of ``device_map``; ``"disk"`` entries
+    need ``offload_folder``.  On a machine without accelerators the execution
+    device is the CPU, and ``"disk"`` modules are loaded from the folder when
+    they run.
+    """
+    from accelerate import dispatch_model
+
+    dtype = next(model.parameters()).dtype
+    device_map = pinned_device_map(model, device_map, max_memory=max_memory, dtype=dtype)
+    if "disk" in device_map.values() and offload_folder is None:
+        raise DsaError("the device_map puts modules on 'disk': pass offload_folder (a folder for their weights)")
+    devices = [d for d in device_map.values() if d not in ("cpu", "disk")]
+    main = devices[0] if devices else "cpu"
+    model = dispatch_model(model, device_map=device_map, main_device=main, offload_dir=offload_folder)
+    model.hf_device_map = device_map
+    return model
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: its accelerate hook's execution device, else its first parameter's device."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    for sub in module.modules():
+        dev = getattr(getattr(sub, "_hf_hook", None), "execution_device", None)
+        if dev is not None:
+            return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+    raise DsaError(f"{type(module).__name__} has no parameter on a real device and no execution device")
 
 
 def _tokenizer_kwargs() -> dict:
@@ -165,9 +318,19 @@ def _from_pretrained(source: str, dtype, trust_remote_code: bool, local_files_on
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(
-        source, trust_remote_code=trust_remote_code, local_files_only=local_files_only,
-        **_tokenizer_kwargs(), **kwargs
+        source, trust_remote_code=trust_remote_code, local_files_only=local_files_only, **_tokenizer_kwargs()
     )
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if isinstance(kwargs.get("device_map"), str):  # resolve it here, so the trained block stays resident
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            local_files_only=local_files_only)
+        with init_empty_weights():
+            empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, dtype=dtype)
+        empty.tie_weights()
+        kwargs["device_map"] = pinned_device_map(empty, kwargs["device_map"], kwargs.get("max_memory"), dtype)
     lm = AutoModelForCausalLM.from_pretrained(
         source, dtype=dtype, trust_remote_code=trust_remote_code, local_files_only=local_files_only, **kwargs
     )
@@ -179,7 +342,7 @@ def _offline_requested() -> bool:
     return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
 
 
-def _load_hub(model_id: str, dtype, trust_remote_code: bool, local_files_only: bool | None):
+def _load_hub(model_id: str, dtype, trust_remote_code: bool, local_files_only: bool | None, **kwargs):
     """Local Hugging Face cache first, then (unless offline) the hub."""
     not_found = (
         f"model {model_id!r} is not an embedded model ({', '.join(EMBEDDED_MODELS)}, {TINY_MODEL!r}), "
@@ -190,7 +353,7 @@ def _load_hub(model_id: str, dtype, trust_remote_code: bool, local_files_only: b
         f"or one of the embedded names: {', '.join(EMBEDDED_MODELS)}."
     )
     try:
-        return _from_pretrained(model_id, dtype, trust_remote_code, local_files_only=True)
+        return _from_pretrained(model_id, dtype, trust_remote_code, local_files_only=True, **kwargs)
     except OSError as local_err:
         offline = _offline_requested() if local_files_only is None else local_files_only
         if offline:
@@ -198,11 +361,69 @@ def _load_hub(model_id: str, dtype, trust_remote_code: bool, local_files_only: b
                 f"{not_found}, and offline mode is on (no network). {advice}"
             ) from local_err
     try:
-        return _from_pretrained(model_id, dtype, trust_remote_code, local_files_only=False)
+        return _from_pretrained(model_id, dtype, trust_remote_code, local_files_only=False, **kwargs)
     except OSError as err:
         raise ModelNotFoundError(
             f"{not_found}, and downloading it failed (no network, or no such model on the hub: {err}). {advice}"
         ) from err
+
+
+# --------------------------------------------------------------------------- checkpoint identity
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def checkpoint_folder(model: torch.nn.Module) -> Path | None:
+    """The local folder a model's weights were loaded from, or None (built in memory).
+
+    ``config._name_or_path`` is a folder for local and embedded models; a hub id
+    is resolved in the local Hugging Face cache (its snapshot folder, named by
+    the hub commit).
+    """
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
+    if name and Path(name).expanduser().is_dir():
+        return Path(name).expanduser().resolve()
+    if name and "/" in name and not name.startswith(("/", ".")):
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(name, "config.json", local_files_only=True,
+                                _raise_exceptions_for_missing_entries=False)
+        except Exception:  # not a hub id, or not cached
+            found = None
+        if found:
+            return Path(found).parent
+    return None
+
+
+def checkpoint_fingerprint(folder: Path) -> str | None:
+    """Hash that identifies a checkpoint by its files, without reading the weights.
+
+    It covers each weight file's name, size and modification time, the
+    safetensors header (names, dtypes, shapes, offsets, metadata), and for a
+    Hugging Face cache snapshot the blob each file links to (named by its
+    content hash).  ``config.json`` is hashed whole.  None when the folder holds
+    no weight files.
+    """
+    import hashlib
+
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(_WEIGHT_SUFFIXES) and f.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha256(b"dsalib-checkpoint-v1")
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.is_symlink():
+            digest.update(Path(os.readlink(f)).name.encode())
+        if f.name.endswith(".safetensors"):
+            with open(f, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                digest.update(fh.read(min(n, 100_000_000)))
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- embedded models
@@ -221,15 +442,73 @@ def embedded_gguf_source(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+_OWNER_FILE = "dsalib_owner.json"  # in a conversion's temporary folder: the converting process
+STALE_TMP_SECONDS = 6 * 3600  # a temporary folder this old without a live owner on this host is abandoned
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_conversions(root: Path, max_age_seconds: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove temporary conversion folders (``.<name>.tmp-*``) left by interrupted conversions.
+
+    A folder is removed when the process that wrote it (its owner file names
+    host and pid) is dead on this host, or when nothing in it changed for
+    ``max_age_seconds`` (no owner file, another host's, or a reused pid; a
+    conversion takes minutes).  A running conversion is never touched.
+    Returns the removed folders.
+    """
+    import socket
+    import time
+
+    removed = []
+    if not root.is_dir():
+        return removed
+    for tmp in root.glob(".*.tmp-*"):
+        if not tmp.is_dir():
+            continue
+        try:
+            owner = json.loads((tmp / _OWNER_FILE).read_text())
+            dead = owner.get("host") == socket.gethostname() and not _pid_alive(int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            dead = False
+        if not dead:
+            try:
+                newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.rglob("*")])
+            except OSError:  # being removed by someone else
+                continue
+            dead = time.time() - newest > max_age_seconds
+        if dead:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def _converted_embedded(name: str, root: Path) -> Path:
-    """Folder with the safetensors conversion of an embedded model; converts once."""
+    """Folder with the safetensors conversion of an embedded model; converts once.
+
+    Stale temporary folders of interrupted conversions are removed first
+    (:func:`clean_stale_conversions`).
+    """
+    import socket
+
     final = root / name
     if (final / _CACHE_MARKER).is_file():
         return final
     root.mkdir(parents=True, exist_ok=True)
+    clean_stale_conversions(root)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    (tmp / _OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
     try:
         source = _convert_gguf(name, tmp)
+        (tmp / _OWNER_FILE).unlink()
         (tmp / _CACHE_MARKER).write_text(json.dumps({"name": name, "source": source}, indent=2))
         if final.exists() and not (final / _CACHE_MARKER).is_file():
             shutil.rmtree(final)  # an incomplete folder left by an older, non-atomic writer

@@ -9,12 +9,18 @@ method with the common interface (``fit(train)``, ``predict(keys)``).
 | ``MNL`` | main-effects multinomial logit, L2 by 5-fold CV | no |
 | ``POLR`` | proportional-odds ordinal logit | no |
 | ``EB-MNL`` | empirical-Bayes shrinkage toward MNL | no |
+| ``Stacked-MNL`` | MNL fitted with the survey's other questions, main effects partly shared | no (needs the survey) |
 | ``Direct`` | zero-shot, default prompt | yes |
 | ``PE`` | zero-shot, persona prompt | yes |
 | ``AAE`` | logit adapter on the LLM's output and the background | yes |
 | ``TKFT`` | Phase 1 fine-tuning | yes |
 | ``DSA`` | Phase 1 + Phase 2 fine-tuning | yes |
 | ``EB-TKFT``, ``EB-DSA`` | EB shrinkage toward the fine-tuned model (LLM-informed shrinkage) | yes |
+
+``EB-<X>`` given ``prior=`` (a method ``X`` already fitted on the same
+training table) shrinks toward it without refitting it; the concentration
+estimator is :data:`EB_CONCENTRATION` unless ``concentration=`` says otherwise
+(see :mod:`dsalib.shrinkage`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,12 @@ from .errors import ParameterError
 
 STATISTICAL = ("TS", "MNL", "POLR", "EB-MNL")
 LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA")
-ALL = STATISTICAL + LLM
+#: Statistical methods that also learn from the survey's other questions (the non-LLM cross-question control).
+CROSS_QUESTION = ("Stacked-MNL",)
+ALL = STATISTICAL + CROSS_QUESTION + LLM
+#: The registry's estimator of the EB concentration (``"marginal"`` or ``"crossfit"``, :mod:`dsalib.shrinkage`);
+#: the cross-fit was not better against held-out truth (README, "Empirical-Bayes shrinkage").
+EB_CONCENTRATION = "marginal"
 
 
 def needs_model(name: str) -> bool:
@@ -32,24 +43,38 @@ def needs_model(name: str) -> bool:
 
 
 def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2=None,
-                strategy: str = "last_layer", seed: int = 0, template: str = "default"):
+                strategy: str = "last_layer", seed: int = 0, template: str = "default",
+                concentration: str | None = None):
     """Build the method called ``name`` (see the module docstring).
 
     ``phase1`` / ``phase2``: :class:`dsalib.train.Phase1Config` /
     :class:`~dsalib.train.Phase2Config` (or dicts of their fields) for the
     fine-tuned methods.  ``prior``: for ``EB-TKFT``/``EB-DSA``, an already
-    fitted TKFT/DSA method to shrink toward (it is then not refitted);
-    without it the prior is fitted inside.  ``template``: the prompt template
-    of Direct, AAE, TKFT and DSA (:data:`dsalib.prompts.TEMPLATES`; PE always
-    uses ``persona``).
+    fitted TKFT/DSA method to shrink toward, for ``EB-MNL`` a fitted MNL (it
+    is then not refitted); without it the prior is fitted inside.
+    ``concentration``: the EB methods' estimator of α (default
+    :data:`EB_CONCENTRATION`); the cross-fit's folds use ``seed``.
+    ``template``: the prompt template of Direct, AAE, TKFT and DSA
+    (:data:`dsalib.prompts.TEMPLATES`; PE always uses ``persona``).
     """
     from . import llm_methods as L
     from .shrinkage import EBShrinkage
-    from .statistical import MainEffectsLogit, OrdinalLogit
+    from .statistical import MainEffectsLogit, OrdinalLogit, StackedLogit
     from .train import Phase1Config, Phase2Config
 
     if name not in ALL:
         raise ParameterError(f"unknown method {name!r}; choose from {', '.join(ALL)}")
+    from .shrinkage import CONCENTRATIONS
+
+    eb = {"concentration": concentration or EB_CONCENTRATION, "seed": seed}
+    if eb["concentration"] not in CONCENTRATIONS:
+        raise ParameterError(f"concentration must be one of {CONCENTRATIONS}, got {concentration!r}")
+    base = name.removeprefix("EB-")
+    if name.startswith("EB-") and prior is not None:
+        if getattr(prior, "name", None) != base:
+            raise ParameterError(f"{name} needs a fitted {base} method as its prior, "
+                                 f"got {getattr(prior, 'name', prior)!r}")
+        return EBShrinkage(prior=prior, prior_fitted=True, name=name, **eb)
     if name == "TS":
         return TrainingSample()
     if name == "MNL":
@@ -57,7 +82,11 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
     if name == "POLR":
         return OrdinalLogit()
     if name == "EB-MNL":
-        return EBShrinkage(prior=MainEffectsLogit(seed=seed))
+        return EBShrinkage(prior=MainEffectsLogit(seed=seed), **eb)
+    if name == "Stacked-MNL":
+        if survey is None:
+            raise ParameterError("method 'Stacked-MNL' fits the survey's other questions too: give survey=...")
+        return StackedLogit(survey=survey, seed=seed)
     if lm is None or survey is None:
         raise ParameterError(f"method {name!r} needs a language model and the survey (lm=..., survey=...)")
     if name == "Direct":
@@ -68,11 +97,6 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
         return L.AAE(lm, survey, template=template, seed=seed)
     p1 = phase1 if isinstance(phase1, Phase1Config) else Phase1Config(**{"seed": seed, **(phase1 or {})})
     p2 = phase2 if isinstance(phase2, Phase2Config) else Phase2Config(**{"seed": seed, **(phase2 or {})})
-    base = name.removeprefix("EB-")
-    if name.startswith("EB-") and prior is not None:
-        if getattr(prior, "name", None) != base:
-            raise ParameterError(f"{name} needs a fitted {base} method as its prior, got {getattr(prior, 'name', prior)!r}")
-        return EBShrinkage(prior=prior, prior_fitted=True, name=name)
     ft = L.FineTuned(lm=lm, survey=survey, template=template, name=base, phase2=(base == "DSA"), strategy=strategy,
                      phase1_config=p1, phase2_config=p2)
-    return EBShrinkage(prior=ft, name=name) if name.startswith("EB-") else ft
+    return EBShrinkage(prior=ft, name=name, **eb) if name.startswith("EB-") else ft

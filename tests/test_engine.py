@@ -63,10 +63,14 @@ def test_cached_engine_equals_full_model_before_and_after_training(name):
     r1 = train_loop(cached, BATCHES, kl_loss, epochs=3, lr=1e-2, progress=False)
     r2 = train_loop(plain, BATCHES, kl_loss, epochs=3, lr=1e-2, progress=False)
     assert r1.epoch_loss[-1] < r1.epoch_loss[0]
-    np.testing.assert_allclose(r1.step_loss, r2.step_loss, rtol=1e-4)
+    # The two paths differ by float rounding (~1e-7) and AdamW at lr 1e-2 turns a rounding-size gradient
+    # into a step of up to lr, so after 9 steps they agree to ~1e-4 on one machine and a little less on
+    # another BLAS or thread count; a wrong cached path is off by 1e-2 or more.  Compare what is meant:
+    # the losses and option probabilities, absolutely, with a tolerance that holds on any machine.
+    np.testing.assert_allclose(r1.step_loss, r2.step_loss, rtol=0, atol=2e-3)
     after = cached.predict().numpy()
     assert np.abs(after - reference).max() > 0.05  # training moved the predictions
-    assert np.abs(after - plain.predict().numpy()).max() <= 1e-4
+    assert np.abs(after - plain.predict().numpy()).max() <= 2e-3
     # copied back into a full model, plain option_probs gives the engine's predictions
     exported = cached.export_model()
     assert np.abs(option_probs(exported, tok, prompts, RULE).probs - after).max() <= 1e-4

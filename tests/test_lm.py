@@ -265,6 +265,52 @@ def test_embedded_conversion_is_atomic_and_cached(monkeypatch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m"]
 
 
+def test_stale_conversion_folders_are_cleaned_at_the_next_start(monkeypatch, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    dead_pid = int(finished.stdout)  # a process that has exited
+
+    def tmp_folder(name, owner=None, age=0.0):
+        folder = tmp_path / f".smollm2-135m.tmp-{name}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x" * 1000)
+        if owner is not None:
+            (folder / lm._OWNER_FILE).write_text(json.dumps(owner))
+        for f in [*folder.iterdir(), folder]:
+            os.utime(f, (time.time() - age, time.time() - age))
+        return folder
+
+    dead = tmp_folder("dead", {"host": host, "pid": dead_pid})
+    live = tmp_folder("live", {"host": host, "pid": os.getpid()})  # a conversion running now
+    foreign = tmp_folder("foreign", {"host": host + "-other", "pid": dead_pid})  # another machine, recent
+    old = tmp_folder("old", None, age=lm.STALE_TMP_SECONDS + 60)  # no owner file, abandoned long ago
+    unrelated = tmp_path / "smollm2-135m-notes"
+    unrelated.mkdir()
+    removed = lm.clean_stale_conversions(tmp_path)
+    assert sorted(removed) == sorted([dead, old])
+    assert live.is_dir() and foreign.is_dir() and unrelated.is_dir() and not dead.exists()
+    # a conversion cleans stale folders first, and its own temporary folder names its process
+    seen = {}
+
+    def converting(name, out):
+        seen["owner"] = json.loads((out / lm._OWNER_FILE).read_text())
+        (out / "config.json").write_text("{}")
+        return "fake source"
+
+    tmp_folder("dead2", {"host": host, "pid": dead_pid})
+    monkeypatch.setattr(lm, "_convert_gguf", converting)
+    folder = lm._converted_embedded("smollm2-135m", tmp_path)
+    assert seen["owner"] == {"host": host, "pid": os.getpid()} and not (folder / lm._OWNER_FILE).exists()
+    assert not (tmp_path / ".smollm2-135m.tmp-dead2").exists() and live.is_dir()
+
+
 # ----------------------------------------------------------------------------- embedded models
 
 

@@ -1,5 +1,6 @@
 """Empirical-Bayes Dirichlet-multinomial shrinkage (dsalib.shrinkage)."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -9,7 +10,7 @@ from scipy.stats import dirichlet_multinomial
 from dsalib import metrics
 from dsalib.baselines import TrainingSample
 from dsalib.errors import DsaError
-from dsalib.shrinkage import EBShrinkage, dirichlet_multinomial_loglik
+from dsalib.shrinkage import EBShrinkage, dirichlet_multinomial_loglik, fold_tables, unfitted_copy
 from dsalib.statistical import MainEffectsLogit, OrdinalLogit
 from dsalib.surveys import SubgroupTable
 
@@ -210,3 +211,170 @@ def test_bad_inputs_raise():
     eb = EBShrinkage(prior=lambda k: np.full((len(k), K), 1.0 / K)).fit(train)
     with pytest.raises(DsaError, match="shape"):
         eb.predict(keys[:, :1])
+
+
+# ---------------------------------------------------------------- the cross-fitted concentration
+
+
+class CountingLogit(MainEffectsLogit):
+    """An MNL that records every table it is fitted on (class-wide, so copies count too)."""
+
+    fitted_on: list = []
+
+    def fit(self, train, **context):
+        CountingLogit.fitted_on.append(train)
+        return super().fit(train, **context)
+
+
+def interacting(seed):
+    """A truth with strong interactions on many small cells (a main-effects prior misses them)."""
+    levels = (3, 3, 4, 4)
+    keys = np.array(list(itertools.product(*[range(n) for n in levels])), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    logit = rng.normal(0, 1.2, (len(keys), K))
+    p = np.exp(logit - logit.max(axis=1, keepdims=True))
+    return keys, p / p.sum(axis=1, keepdims=True), levels
+
+
+def table_on(keys, p, levels, sizes, seed):
+    rng = np.random.default_rng(seed + 2000)
+    counts = np.stack([rng.multinomial(s, pg) for s, pg in zip(sizes, p)]).astype(float)
+    present = np.asarray(sizes) > 0
+    return SubgroupTable(
+        dataset="synthetic", question="q", attributes=tuple(f"a{j}" for j in range(len(levels))),
+        levels=tuple(tuple(f"v{i}" for i in range(n)) for n in levels),
+        keys=keys[present], counts=counts[present], n=np.asarray(sizes)[present],
+        option_labels=tuple(str(c) for c in range(K)),
+    )
+
+
+def test_fold_tables_partition_the_respondents_in_equal_folds():
+    keys, p = factorised(6)
+    train = sample_table(keys, p, 301, 6)
+    parts = fold_tables(train, 3, seed=4)
+    assert len(parts) == 3
+    sizes = [fold.n_respondents for _, fold in parts]
+    assert sum(sizes) == 301 and max(sizes) - min(sizes) <= 1
+    total = np.zeros_like(train.counts)
+    for rest, fold in parts:
+        assert rest.n_respondents + fold.n_respondents == 301
+        for tab in (rest, fold):
+            assert (tab.n > 0).all() and (tab.counts.sum(axis=1) == tab.n).all()
+        c, _ = fold.lookup(train.keys)
+        total += c
+        r, _ = rest.lookup(train.keys)
+        np.testing.assert_array_equal(r + c, train.counts)
+    np.testing.assert_array_equal(total, train.counts)  # every respondent in exactly one fold
+    again = fold_tables(train, 3, seed=4)
+    np.testing.assert_array_equal(again[0][1].counts, parts[0][1].counts)
+    other = fold_tables(train, 3, seed=5)
+    assert not np.array_equal(other[0][1].lookup(train.keys)[0], parts[0][1].lookup(train.keys)[0])
+
+
+def test_crossfit_alpha_maximises_the_held_out_fold_likelihood():
+    keys, p, levels = interacting(0)
+    train = table_on(keys, p, levels, np.full(len(keys), 6), 0)
+    eb = EBShrinkage(prior=MainEffectsLogit(Cs=(1.0,)), concentration="crossfit", folds=2, seed=3).fit(train)
+    assert len(eb.fold_priors_) == 2
+    pairs = []
+    for (rest, fold), prior in zip(fold_tables(train, 2, 3), eb.fold_priors_):
+        np.testing.assert_array_equal(prior.train.counts, rest.counts)  # each copy saw only the other fold
+        pairs.append((fold.counts, eb._prior_predict(fold.keys, prior)))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(1e5), 500))
+    ll = [sum(dirichlet_multinomial_loglik(c, pr, a) for c, pr in pairs) for a in grid]
+    assert eb.loglik_ >= max(ll) - 1e-6
+    assert eb.alpha_ == pytest.approx(grid[int(np.argmax(ll))], rel=0.05)
+    # the prediction shrinks the full counts toward the full-sample prior
+    counts, n = train.lookup(keys)
+    expected = (counts + eb.alpha_ * eb._prior_predict(keys)) / (n[:, None] + eb.alpha_)
+    np.testing.assert_allclose(eb.predict(keys), expected, rtol=1e-9)
+
+
+def test_crossfit_shrinks_less_than_the_marginal_estimate_on_sparse_interacting_data():
+    # many cells, ~2 respondents each, truth far from main effects: the same-sample prior fits the
+    # counts closely, so the marginal estimate overstates alpha; the cross-fit does not
+    keys, p, levels = interacting(1)
+    rng = np.random.default_rng(1)
+    train = table_on(keys, p, levels, rng.poisson(2.0, len(keys)), 1)
+    kw = dict(prior=MainEffectsLogit(Cs=(10.0,)), seed=0)
+    marginal = EBShrinkage(concentration="marginal", **kw).fit(train)
+    cross = EBShrinkage(concentration="crossfit", **kw).fit(train)
+    assert cross.alpha_ < marginal.alpha_ / 2
+    err = lambda m: metrics.jsd(m.predict(keys), p).mean()  # noqa: E731
+    assert err(cross) < err(marginal)
+
+
+@pytest.mark.parametrize("concentration,fits", [("marginal", 0), ("crossfit", 2)])
+def test_a_fitted_prior_is_reused_not_refitted(concentration, fits):
+    from dsalib.methods import make_method
+
+    keys, p = factorised(7)
+    train = sample_table(keys, p, 300, 7)
+    mnl = CountingLogit(Cs=SMALL_GRID).fit(train)
+    before = mnl.predict(keys)
+    CountingLogit.fitted_on = []
+    eb = make_method("EB-MNL", prior=mnl, concentration=concentration, seed=2)
+    assert eb.prior is mnl and eb.name == "EB-MNL" and eb.concentration == concentration
+    eb.fit(train)
+    # the full-sample prior is never refitted; the cross-fit fits one copy per fold, on part of the sample
+    assert len(CountingLogit.fitted_on) == fits
+    assert all(t.n_respondents < train.n_respondents for t in CountingLogit.fitted_on)
+    np.testing.assert_array_equal(mnl.predict(keys), before)
+    assert eb.describe()["prior_fitted_before"] is True
+
+
+def test_make_method_fits_its_own_prior_without_one():
+    from dsalib.methods import EB_CONCENTRATION, make_method
+
+    keys, p = factorised(8)
+    train = sample_table(keys, p, 200, 8)
+    eb = make_method("EB-MNL", seed=3)
+    assert eb.concentration == EB_CONCENTRATION and eb.prior.seed == 3
+    eb.fit(train)
+    assert eb.prior.model_ is not None and eb.alpha_ > 0
+
+
+def test_unfitted_copy_keeps_settings_and_drops_fitted_state():
+    keys, p = factorised(9)
+    train = sample_table(keys, p, 200, 9)
+    mnl = MainEffectsLogit(Cs=(0.5, 2.0), cv=3, seed=11).fit(train)
+    copy = unfitted_copy(mnl)
+    assert type(copy) is MainEffectsLogit and copy is not mnl
+    assert (copy.Cs, copy.cv, copy.seed) == ((0.5, 2.0), 3, 11)
+    assert copy.model_ is None and copy.train is None and copy.C_ is None
+
+
+def test_crossfit_bad_inputs_raise_before_fitting():
+    from dsalib.errors import ParameterError
+    from dsalib.methods import make_method
+
+    keys, p = factorised(0)
+    train = sample_table(keys, p, 200, 0)
+    with pytest.raises(DsaError, match="concentration must be one of"):
+        EBShrinkage(concentration="bayes")
+    with pytest.raises(ParameterError, match="concentration must be one of"):
+        make_method("EB-MNL", concentration="bayes")
+    with pytest.raises(DsaError, match="callable prior.*marginal"):
+        EBShrinkage(prior=lambda k: np.full((len(k), K), 1.0 / K), concentration="crossfit")
+    with pytest.raises(DsaError, match="folds must be an integer"):
+        EBShrinkage(concentration="crossfit", folds=1)
+
+    class NotCopyable:
+        name = "X"
+
+        def fit(self, train, **context):
+            return self
+
+        def predict(self, k):
+            return np.full((len(k), K), 1.0 / K)
+
+    with pytest.raises(DsaError, match="unfitted_copy"):
+        EBShrinkage(prior=NotCopyable(), concentration="crossfit")
+    prior = CountingLogit()
+    CountingLogit.fitted_on = []
+    weighted = dataclasses.replace(train, counts=train.counts * 0.5, weighted=True)
+    with pytest.raises(DsaError, match="integer count"):
+        EBShrinkage(prior=prior, concentration="crossfit").fit(weighted)
+    assert CountingLogit.fitted_on == []  # refused before any fit
+    with pytest.raises(ParameterError, match="needs a fitted MNL"):
+        make_method("EB-MNL", prior=OrdinalLogit())

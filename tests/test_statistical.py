@@ -1,6 +1,7 @@
 """Statistical baselines: main-effects multinomial logit and proportional-odds ordinal logit."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from dsalib import metrics
 from dsalib.baselines import TrainingSample
 from dsalib.errors import DsaError
-from dsalib.statistical import MainEffectsLogit, OrdinalLogit, one_hot
+from dsalib.statistical import MainEffectsLogit, OrdinalLogit, StackedLogit, one_hot
 from dsalib.surveys import SubgroupTable
 
 LEVELS = (2, 3, 3)
@@ -245,3 +246,99 @@ def test_single_option_without_pseudo_count_raises():
         OrdinalLogit(pseudo_count=0.0).fit(train)
     with pytest.raises(DsaError, match="single option"):
         MainEffectsLogit(Cs=(1.0,), pseudo_count=0.0).fit(train)
+
+
+# ---------------------------------------------------------------- the stacked MNL
+
+
+def shared_effects_tables(seed, n_target, n_other=600, tasks=4, levels=LEVELS, k=K):
+    """Questions whose background effects are shared (plus small own deviations), different intercepts.
+
+    Returns the target's true distributions and training table, and the other questions' tables.
+    """
+    rng = np.random.default_rng(seed)
+    keys = grid_keys(levels)
+    phi = [rng.normal(0, 1.0, (n, k)) for n in levels]
+    truths, tables = [], []
+    for t in range(tasks):
+        logit = np.tile(rng.normal(0, 0.7, k), (len(keys), 1))
+        for j, n in enumerate(levels):
+            logit += (phi[j] + rng.normal(0, 0.15, (n, k)))[keys[:, j]]
+        p = np.exp(logit - logit.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        table = sample_table(keys, p, n_target if t == 0 else n_other, seed + 17 * t, levels)
+        truths.append(p)
+        tables.append(replace(table, question=f"q{t}"))
+    return keys, truths[0], tables[0], tables[1:]
+
+
+def test_stacked_mnl_borrows_shared_effects_from_other_questions():
+    errs = {"MNL": [], "Stacked": []}
+    for seed in (0, 3):  # measured: stacked / MNL error 0.45, 0.47
+        keys, p, train, others = shared_effects_tables(seed, n_target=120, tasks=3)
+        mnl = MainEffectsLogit(Cs=(0.1, 1.0), cv=2, seed=seed).fit(train)
+        stacked = StackedLogit(others=tuple(others), Cs=(0.1, 1.0), shares=(0.0, 2.0), cv=2, seed=seed).fit(train)
+        assert stacked.stacked_ == ["q0", "q1", "q2"] and stacked.skipped_ == {}
+        assert set(stacked.cv_scores_) == {(s, c) for s in (0.0, 2.0) for c in (0.1, 1.0)}
+        assert stacked.share_ == 2.0  # cross-validation finds the sharing
+        errs["MNL"].append(mean_jsd(mnl, keys, p))
+        errs["Stacked"].append(mean_jsd(stacked, keys, p))
+        np.testing.assert_allclose(stacked.predict(keys).sum(axis=1), 1.0)
+    assert np.mean(errs["Stacked"]) < 0.8 * np.mean(errs["MNL"]), errs
+
+
+def test_stacked_mnl_without_sharing_is_the_target_question_own_mnl():
+    keys, p, train, others = shared_effects_tables(5, n_target=300)
+    mnl = MainEffectsLogit(Cs=(1.0,)).fit(train)
+    alone = StackedLogit(others=tuple(others), Cs=(1.0,), shares=(0.0,)).fit(train)
+    # equal up to the other questions' lightly penalised intercept offsets and lbfgs tolerances (measured 1.6e-3)
+    np.testing.assert_allclose(alone.predict(keys), mnl.predict(keys), atol=3e-3)
+    shared = StackedLogit(others=tuple(others), Cs=(1.0,), shares=(2.0,)).fit(train)
+    assert np.abs(shared.predict(keys) - mnl.predict(keys)).max() > 0.01
+
+
+def test_stacked_mnl_on_gss2018():
+    from dsalib import methods
+    from dsalib.surveys import enhancement_split, load_survey
+
+    survey = load_survey("gss2018")
+    attrs = ("sex", "age", "race", "party")
+    split = enhancement_split(survey, "natheal", 300, 0, "heldout", attrs)
+    truth = split.truth.subset(split.truth.n >= 10)
+    made = methods.make_method("Stacked-MNL", survey=survey, seed=4)
+    assert isinstance(made, StackedLogit) and made.survey is survey and made.seed == 4
+    # survey= stacks every other core question, tabulated on the target's background
+    every = StackedLogit(survey=survey)._other_tables(split.train, None)
+    assert sorted(t.question for t in every) == sorted(q for q in survey.core if q != "natheal")
+    assert len(every) == 17 and all(t.attributes == attrs for t in every)
+    others = tuple(t for t in every if t.question in ("natenvir", "nateduc", "natfare"))
+    stacked = StackedLogit(others=others, Cs=(0.1,), shares=(1.0,)).fit(split.train)
+    assert stacked.stacked_ == ["natheal", "natenvir", "nateduc", "natfare"]
+    pred = stacked.predict(truth.keys)
+    np.testing.assert_allclose(pred.sum(axis=1), 1.0)
+    ts = TrainingSample().fit(split.train)
+    assert metrics.jsd(pred, truth.dist).mean() < metrics.jsd(ts.predict(truth.keys), truth.dist).mean()
+    assert stacked.describe()["share"] == 1.0
+
+
+def test_stacked_mnl_bad_inputs():
+    from dsalib import methods
+    from dsalib.errors import ParameterError
+
+    keys, p, train, others = shared_effects_tables(0, n_target=100, tasks=2)
+    with pytest.raises(DsaError, match="needs the other questions"):
+        StackedLogit().fit(train)
+    with pytest.raises(ParameterError, match="survey="):
+        methods.make_method("Stacked-MNL")
+    wrong_k = replace(others[0], counts=others[0].counts[:, :3], option_labels=("a", "b", "c"), question="k3")
+    with pytest.raises(DsaError, match="no other question with 5 options.*k3"):
+        StackedLogit(others=(wrong_k,), Cs=(1.0,), shares=(1.0,)).fit(train)
+    fitted = StackedLogit(others=(wrong_k, others[0]), Cs=(1.0,), shares=(1.0,)).fit(train)
+    assert fitted.skipped_ == {"k3": "3 options, the target has 5"} and fitted.stacked_ == ["q0", "q1"]
+    other_attrs = replace(others[0], attributes=("x", "a1", "a2"))
+    with pytest.raises(DsaError, match="same background"):
+        StackedLogit(others=(other_attrs,)).fit(train)
+    with pytest.raises(DsaError, match="shares"):
+        StackedLogit(others=tuple(others), shares=(-1.0,)).fit(train)
+    with pytest.raises(DsaError, match="fit"):
+        StackedLogit(others=tuple(others)).predict(keys)
