@@ -275,13 +275,14 @@ def equivalent_sizes(method_res: pd.DataFrame, ts_res: pd.DataFrame, metric: str
 def describe_equivalent(row) -> tuple[str, str]:
     """Readable TS-equivalent size and saving of a row of :func:`equivalent_sizes` (bounds marked)."""
     saving = row["saving_bound"]
-    pct = (lambda prefix: "n/a" if not np.isfinite(saving) else f"{prefix}{100 * saving:.1f}%")
+    pct = (lambda prefix: "not applicable" if not np.isfinite(saving)
+           else f"{prefix}{100 * saving:.1f}%".replace("-", "−"))
     if row["status"] == WITHIN:
         return f"{row['ts_equivalent_n']:,.0f}", pct("")
     if row["status"] == BEYOND:
         return f"> {row['bound']:,.0f}", pct("> ")
-    if row["status"] == BELOW:
-        return f"< {row['bound']:,.0f}", pct("< ")
+    if row["status"] == BELOW:  # a bound such as "< −900%" says nothing useful: the method saves no data
+        return f"< {row['bound']:,.0f}", "not applicable" if not np.isfinite(saving) else "none (worse than TS)"
     raise ParameterError(f"unknown status {row['status']!r}")
 
 

@@ -44,7 +44,7 @@ def test_equivalent_below_grid_is_a_labelled_upper_bound():
     assert out["status"] == efficiency.BELOW
     assert math.isnan(out["ts_equivalent_n"]) and math.isnan(out["saving"])
     assert out["bound"] == 100 and out["saving_bound"] == pytest.approx(-1.0)  # 1 - 200 / 100
-    assert efficiency.describe_equivalent(out) == ("< 100", "< -100.0%")
+    assert efficiency.describe_equivalent(out) == ("< 100", "none (worse than TS)")
     # metrics.data_saving alone would call this an exact size of 100 (the case this module labels)
     assert metrics.data_saving(CURVE, 0.35, 200)["ts_equivalent_n"] == 100
 
