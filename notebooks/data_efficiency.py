@@ -144,10 +144,11 @@ prov_curve = {**prov, "seeds": " ".join(str(s) for s in curve_seeds)}
 results.write_table(results.scalar_columns(ref), out / "reference_results.csv", prov)
 results.write_table(results.scalar_columns(ts), out / "ts_grid_results.csv", prov_ts)
 results.write_table(results.scalar_columns(across), out / "across_sizes_results.csv", prov_curve)
-results.write_metadata(out, study="data_efficiency", params=cfg.to_params(), option_rule=option_rule, computed=pending,
-                       data=survey.describe(), stage_seconds=stage_seconds,
-                       stores=sorted({str(experiments.store_dir_for(ref_cfg.replace(n=s), m, store_root, survey))
-                                      for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
+meta = results.write_metadata(out, study="data_efficiency", params=cfg.to_params(), option_rule=option_rule,
+                              computed=pending,
+                              data=survey.describe(), stage_seconds=stage_seconds,
+                              stores=sorted({str(experiments.store_dir_for(ref_cfg.replace(n=s), m, store_root, survey))
+                                             for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
 
 # %% [markdown]
 # ## The TS curve

@@ -103,9 +103,10 @@ prov = results.provenance(survey, model=model if uses_model else None, option_ru
 keep = ["truth_mode", "question", "seed", "method", "subgroup", "n", "train_n", "absent", "jsd", "wd", "wd_scaled",
         "ts_jsd", "better_than_ts"]
 results.write_table(per[keep], out / "per_subgroup.csv", prov)
-results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), option_rule=option_rule, computed=pending,
-                       data=survey.describe(),
-                       stores=[str(experiments.store_dir_for(enh_cfg, m, store_root, survey)) for m in modes])
+meta = results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), option_rule=option_rule,
+                              computed=pending,
+                              data=survey.describe(),
+                              stores=[str(experiments.store_dir_for(enh_cfg, m, store_root, survey)) for m in modes])
 
 # %% [markdown]
 # ## How many subgroups are absent from the training sample
