@@ -427,3 +427,57 @@ def head_to_head_sentence(h2h: pd.DataFrame, method: str = "DSA", baseline: str 
                      f"{count}{ties}" + (f" (of {int(r.runs):,})" if r.lower == 0 else ""))
     return (f"`{method}` was below `{baseline}` (on the same training sample and setting) — "
             + "; ".join(parts) + ".")
+
+
+def run_ablations(cfg, store_root=DEFAULT_STORE_ROOT, survey=None, load_model=None,
+                  progress=print) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Run (or read back) every row of the ablations study; returns ``(runs, option_rules, phase_results)``.
+
+    ``cfg``: a :class:`dsalib.config.AblationsConfig`. The parts, each tagged by
+    :func:`label_runs` (columns ``part``, ``model``, ``strategy``, ``epochs``):
+
+    - ``phase``: TS, TKFT and DSA with the default settings on every question and seed
+      (the Enhancement study's own runs, read back from the shared stores);
+    - ``selected``: the same on the subset of questions and seeds (the strategy reference);
+    - ``strategy``: TS and ``strategy_methods`` per fine-tuning strategy at ``fixed_epochs``;
+    - ``model``: the default settings per model of ``models`` (the study's own model reuses
+      the ``selected`` rows).
+
+    ``load_model``: name → language model (default: :meth:`dsalib.llm_methods.LanguageModel.load`
+    with ``cfg.prefix_cache``); one model is held at a time. ``option_rules``: model → its
+    option rule. ``phase_results``: the ``phase`` part's rows without the labels.
+    """
+    import gc
+
+    from . import experiments
+
+    if load_model is None:
+        from .llm_methods import LanguageModel
+
+        def load_model(name):
+            return LanguageModel.load(name, prefix_cache_dir=cfg.prefix_cache)
+
+    def run(c, lm):
+        return experiments.run_enhancement(c, lm=lm, store_root=store_root, survey=survey, progress=progress)
+
+    rules, parts = {}, []
+    lm = load_model(cfg.model)
+    rules[cfg.model] = lm.describe()
+    res_default = run(cfg.run_config(subset=False), lm)
+    parts.append(label_runs(res_default, part="phase", model=cfg.model, strategy="last_layer", epochs="selected"))
+    res_subset = run(cfg.run_config(), lm)  # the same store: runs already done above are read back
+    parts.append(label_runs(res_subset, part="selected", model=cfg.model, strategy="last_layer", epochs="selected"))
+    for s in cfg.strategies:
+        r = run(cfg.run_config(strategy=s, fixed=True, methods=["TS"] + list(cfg.strategy_methods)), lm)
+        parts.append(label_runs(r, part="strategy", model=cfg.model, strategy=s, epochs=str(cfg.fixed_epochs)))
+    for m in cfg.models:
+        if m == cfg.model:
+            r = res_subset
+        else:
+            lm = None
+            gc.collect()  # free the previous model before loading the next
+            lm = load_model(m)
+            rules[m] = lm.describe()
+            r = run(cfg.run_config(model=m), lm)
+        parts.append(label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
+    return pd.concat(parts, ignore_index=True), rules, res_default

@@ -43,8 +43,6 @@
 # noise floor as reference rows. Logic lives in `dsalib.robustness`.
 
 # %%
-import gc
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -103,38 +101,7 @@ display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_re
                  f"strategies {list(strategies)} at {fixed_epochs} Phase 1 epoch(s), lr {fixed_lr}; models {list(models)}."))
 
 # %%
-from dsalib.llm_methods import LanguageModel
-
-rules = {}
-
-
-def run(cfg, lm):
-    return experiments.run_enhancement(cfg, lm=lm, store_root=store_root, survey=survey)
-
-
-timing = []
-runs = []
-lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
-rules[model] = lm.describe()
-res_default = run(default_cfg, lm)
-runs.append(robustness.label_runs(res_default, part="phase", model=model, strategy="last_layer",
-                                  epochs="selected"))
-res_subset = run(subset_cfg, lm)  # the same store: runs already done above are reused
-runs.append(robustness.label_runs(res_subset, part="selected", model=model, strategy="last_layer", epochs="selected"))
-for s in strategies:
-    r = run(cfg.run_config(strategy=s, fixed=True, methods=["TS"] + list(strategy_methods)), lm)
-    runs.append(robustness.label_runs(r, part="strategy", model=model, strategy=s, epochs=str(fixed_epochs)))
-for m in models:
-    if m == model:
-        r = res_subset
-    else:
-        lm = None
-        gc.collect()
-        lm = LanguageModel.load(m, prefix_cache_dir=prefix_cache)
-        rules[m] = lm.describe()
-        r = run(cfg.run_config(model=m), lm)
-    runs.append(robustness.label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
-runs = pd.concat(runs, ignore_index=True)
+runs, rules, res_default = robustness.run_ablations(cfg, store_root=store_root, survey=survey)
 prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(models))),
                           option_rule={m: r for m, r in rules.items()}, seeds=seeds, n=n,
                           subset_questions=" ".join(sqs), subset_seeds=" ".join(map(str, subset_seeds)))

@@ -263,3 +263,31 @@ def test_head_to_head_counts_paired_runs_once():
     assert "never (of 3)" in never
     with pytest.raises(DsaError, match="share no fitted run"):
         robustness.head_to_head(pd.DataFrame(rows).query("method == 'DSA'"))
+
+
+def test_run_ablations_labels_every_part_and_reuses_the_default_rows(tmp_path):
+    from dsalib.config import AblationsConfig
+
+    cfg = AblationsConfig(dataset="ess9", questions=["imbgeco"], n=150, seeds=[0], modes=["full"], model="tiny",
+                          models=["tiny"], strategies=["last_layer"], strategy_methods=["TKFT"], fixed_epochs=1,
+                          phase1={"lr": 1e-3, "max_epochs": 1}, phase2={"min_pair_size": 3},
+                          subset_questions=["imbgeco"], subset_seeds=[0], prefix_cache=None)
+    loaded = []
+
+    def load(name):
+        from dsalib.llm_methods import LanguageModel
+
+        loaded.append(name)
+        return LanguageModel.load(name)
+
+    runs, rules, phase = robustness.run_ablations(cfg, store_root=tmp_path, load_model=load, progress=None)
+    assert loaded == ["tiny"] and set(rules) == {"tiny"}  # the study's own model is loaded once
+    assert list(dict.fromkeys(runs.part)) == ["phase", "selected", "strategy", "model"]
+    assert set(runs[runs.part == "strategy"].method) == {"TS", "TKFT", "floor"}
+    assert (runs[runs.part == "strategy"].epochs == "1").all()
+    key = ["truth_mode", "question", "seed", "method"]
+    sel = runs[runs.part == "selected"].sort_values(key).reset_index(drop=True)
+    mod = runs[runs.part == "model"].sort_values(key).reset_index(drop=True)
+    assert np.array_equal(sel.jsd_mean.to_numpy(), mod.jsd_mean.to_numpy())  # the model row reuses the subset runs
+    assert set(phase.method) == {"TS", "TKFT", "DSA", "floor"} and "part" not in phase.columns
+    assert robustness.head_to_head(runs).runs.min() >= 1
