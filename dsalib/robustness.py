@@ -481,3 +481,24 @@ def run_ablations(cfg, store_root=DEFAULT_STORE_ROOT, survey=None, load_model=No
             r = run(cfg.run_config(model=m), lm)
         parts.append(label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
     return pd.concat(parts, ignore_index=True), rules, res_default
+
+
+def table5(runs: pd.DataFrame, metric: str = "wd_scaled_mean") -> pd.DataFrame:
+    """The paper's Table 5 layout from :func:`run_ablations` rows: one row per (model, phase, strategy, epochs).
+
+    TKFT (phase 1) and DSA (phase 1+2) of the strategy and model parts (each fit once, however
+    many parts count it), mean ``metric`` over questions and seeds, one column per truth mode;
+    then TS and the noise floor of the ``selected`` part as reference rows (model "reference").
+    """
+    _require(runs, ["part", "model", "strategy", "epochs", "truth_mode", "question", "seed", "method", metric],
+             "table5")
+    ft = runs[runs.method.isin(list(PHASES)) & (runs.part != "phase")].drop_duplicates(
+        ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
+    if ft.empty:
+        raise DsaError("table5: no TKFT or DSA rows outside the phase part; run the strategy or model part")
+    t5 = ft.assign(phase=ft.method.map(PHASES)).pivot_table(
+        index=["model", "phase", "strategy", "epochs"], columns="truth_mode", values=metric, aggfunc="mean")
+    refs = runs[runs.method.isin(["TS", "floor"]) & (runs.part == "selected")].pivot_table(
+        index="method", columns="truth_mode", values=metric, aggfunc="mean")
+    refs.index = pd.MultiIndex.from_tuples([("reference", m, "-", "-") for m in refs.index], names=t5.index.names)
+    return pd.concat([t5, refs])

@@ -227,14 +227,7 @@ if models:
 # (which do not depend on the setting) as reference rows.
 
 # %%
-ft = runs[runs.method.isin(["TKFT", "DSA"]) & (runs.part != "phase")].drop_duplicates(
-    ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
-t5 = ft.assign(phase=ft.method.map(robustness.PHASES)).pivot_table(
-    index=["model", "phase", "strategy", "epochs"], columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
-refs = runs[runs.method.isin(["TS", "floor"]) & (runs.part == "selected")].pivot_table(
-    index="method", columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
-refs.index = pd.MultiIndex.from_tuples([("reference", m, "-", "-") for m in refs.index], names=t5.index.names)
-t5 = pd.concat([t5, refs])
+t5 = robustness.table5(runs)
 results.write_table(t5.reset_index(), out / "table5.csv", prov)
 t5_shown = t5.reset_index().rename(columns={"phase": "Phase", "epochs": "Phase 1 epochs",
                                             **{m: f"WD/(K−1), {report.TRUTH_LABELS.get(m, m)}" for m in modes}})
@@ -242,6 +235,8 @@ t5_table = report.table(t5_shown, caption="The paper's Table 5 layout (mean over
                         notes=["Phase 1 is TKFT, 1+2 is DSA; the reference rows are TS and the noise floor."])
 display(t5_table)
 glue(f"abl_{dataset}_table5", t5_table, display=False)
+ft = runs[runs.method.isin(["TKFT", "DSA"]) & (runs.part != "phase")].drop_duplicates(
+    ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
 labelled = ft.assign(setting=ft.model + " / " + ft.strategy + " / e=" + ft.epochs.astype(str))
 settings_shown = list(dict.fromkeys(labelled.setting))
 fig, axes = report.figure(len(modes), 1, height=max(3.0, 0.55 * len(settings_shown) + 1.2) * len(modes), sharex=True)

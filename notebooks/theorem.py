@@ -339,4 +339,4 @@ meta_path = results.write_metadata(
 )
 print(f"wrote {meta_path.name}; {out_dir.shown} holds:")
 final_dir = out_dir.commit()  # the tables replace the output folder's previous ones as one set
-print(sorted(p.name for p in out_dir.final.iterdir()))
+print(", ".join(sorted(p.name for p in final_dir.iterdir())))

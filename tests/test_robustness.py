@@ -291,3 +291,20 @@ def test_run_ablations_labels_every_part_and_reuses_the_default_rows(tmp_path):
     assert np.array_equal(sel.jsd_mean.to_numpy(), mod.jsd_mean.to_numpy())  # the model row reuses the subset runs
     assert set(phase.method) == {"TS", "TKFT", "DSA", "floor"} and "part" not in phase.columns
     assert robustness.head_to_head(runs).runs.min() >= 1
+
+
+def test_table5_means_each_fit_once_and_adds_the_references():
+    rows = []
+    for part, strategy in (("selected", "last_layer"), ("model", "last_layer"), ("strategy", "lora")):
+        for seed in (0, 1):
+            for m, v in (("TS", 0.3), ("floor", 0.05), ("TKFT", 0.2 + seed / 10), ("DSA", 0.1 + seed / 10)):
+                rows.append({"part": part, "model": "tiny", "strategy": strategy, "epochs": "selected",
+                             "truth_mode": "full", "question": "q", "seed": seed, "method": m,
+                             "wd_scaled_mean": v + (0.01 if strategy == "lora" else 0)})
+    t5 = robustness.table5(pd.DataFrame(rows))
+    assert t5.loc[("tiny", "1", "last_layer", "selected"), "full"] == pytest.approx(0.25)  # counted once, not twice
+    assert t5.loc[("tiny", "1+2", "lora", "selected"), "full"] == pytest.approx(0.16)
+    assert t5.loc[("reference", "TS", "-", "-"), "full"] == pytest.approx(0.3)
+    assert t5.loc[("reference", "floor", "-", "-"), "full"] == pytest.approx(0.05)
+    with pytest.raises(DsaError, match="no TKFT or DSA"):
+        robustness.table5(pd.DataFrame(rows).query("method in ['TS', 'floor']"))
