@@ -182,6 +182,7 @@ def main(argv=None) -> None:
     ap.add_argument("--folds", type=int, default=2, help="folds of the cross-fit (the setting name says so if not 2)")
     ap.add_argument("--out", type=Path, help="CSV to write the per-split rows to (rewritten after every split)")
     ap.add_argument("--table", type=Path, nargs="+", help="print the table of these saved CSVs and stop")
+    ap.add_argument("--csv", type=Path, help="also write the table (rounded) to this CSV (the book reads it)")
     args = ap.parse_args(argv)
     if args.table:
         res = pd.concat([pd.read_csv(p) for p in args.table], ignore_index=True)
@@ -194,6 +195,12 @@ def main(argv=None) -> None:
     print("Mean JSD over questions and seeds (unweighted over truth subgroups with >= 10 respondents);")
     print("'crossfit < marginal': share of (question, seed) splits where the cross-fit's JSD is lower.")
     print(table(res).round(4).to_string(index=False))
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        t = table(res)
+        t = t[["setting", "truth", "splits", *[f"jsd {m}" for m in METHODS], "crossfit < marginal",
+               "alpha marginal (median)", "marginal at upper bound", "alpha crossfit (median)"]]
+        t.to_csv(args.csv, index=False, float_format="%.4g")
     print("\nPer setting and method, mean seconds to fit:")
     print(res[res.truth == "full"].groupby(["setting", "method"], sort=False)["seconds"].mean().round(2).to_string())
 

@@ -335,6 +335,8 @@ class _EnhancementSettings(_DataSettings):
     modes: list[str] = _param(["full", "heldout"], doc="ground truths: full (the paper) and/or heldout; "
                               "each method is fitted once for all", choices=_truth_modes, nonempty=True, distinct=True)
     model: str = _param("smollm2-135m", doc="embedded model name, local path or hub id")
+    chat_template: bool = _param(False, doc="wrap prompts in the model's chat template (instruct models); "
+                                 "False: the paper's appendix B prompt as plain text")
     phase1: Phase1Config = _param(Phase1Config, doc="dsalib.train.Phase1Config fields, e.g. {lr: 5e-5}")
     phase2: Phase2Config = _param(Phase2Config, doc="dsalib.train.Phase2Config fields, e.g. {min_pair_size: 10}")
     min_eval_size: int = _param(10, doc="smallest truth subgroup that is evaluated", min=1)
@@ -529,6 +531,8 @@ class GenerationConfig(StudyConfig):
                                 doc="methods and references", choices=_generation_methods, nonempty=True,
                                 distinct=True)
     model: str = _param("smollm2-135m", doc="embedded model name, local path or hub id")
+    chat_template: bool = _param(False, doc="wrap prompts in the model's chat template (instruct models); "
+                                 "False: the paper's appendix B prompt as plain text")
     seeds: list[int] = _param([0], doc="one training run per seed", min=0, nonempty=True, distinct=True)
     template: str = _param("default", doc="prompt template of Direct, TKFT and DSA (PE uses persona)",
                            choices=_templates)

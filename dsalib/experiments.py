@@ -209,6 +209,8 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
         surveys.check_levels_populated(survey, q, attrs)
     stores = _open_stores(cfg, modes, survey, store_root, store_dir)
     order = _order_methods(cfg.methods)
+    if lm is not None:
+        lm.chat_template = cfg.chat_template  # a loaded model reads the prompts the way this configuration says
     commit = code_version()["commit"][:12]  # each record says which code computed it (stores outlive commits)
     for q in questions:
         for seed in cfg.seeds:
@@ -237,7 +239,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
             if lm is None and any(methods.needs_model(m) and any(t.pending(m) for t in truths) for m in order):
                 from .llm_methods import LanguageModel
 
-                lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache)
+                lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache, chat_template=cfg.chat_template)
 
             def fit(name, fitted, seed=seed):
                 prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \

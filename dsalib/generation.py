@@ -247,9 +247,10 @@ class MultiQuestionFineTuned(FineTuned):
         if not self.questions:  # a plain single-question table
             return super()._prompts(keys)
         q, base = unstack_keys(keys, self._n_levels)
-        return [prompts.build_prompt(self.survey, self.questions[i], k, self.attributes, template=self.template,
-                                     labels=self.lm.labels, answer_suffix=self.lm.answer_suffix)
-                for i, k in zip(q.tolist(), base.tolist())]
+        return self.lm.format_prompts([
+            prompts.build_prompt(self.survey, self.questions[i], k, self.attributes, template=self.template,
+                                 labels=self.lm.labels, answer_suffix=self.lm.answer_suffix)
+            for i, k in zip(q.tolist(), base.tolist())])
 
     def predict_question(self, question: str, keys) -> np.ndarray:
         """Option distributions of ``question`` for subgroup ``keys`` (level indices of :attr:`attributes`)."""
@@ -259,9 +260,8 @@ class MultiQuestionFineTuned(FineTuned):
             raise DsaError(f"question '{question}' has {cq.n_options} options; the model was trained on "
                            f"{self.train.n_options}-option questions")
         keys = np.asarray(keys, dtype=np.int64).reshape(-1, len(self.attributes))
-        return self._predict_prompts(prompts.build_prompts(self.survey, question, keys, self.attributes,
-                                                           template=self.template, labels=self.lm.labels,
-                                                           answer_suffix=self.lm.answer_suffix))
+        return self._predict_prompts(self.lm.build_prompts(self.survey, question, keys, self.attributes,
+                                                           self.template))
 
 
 def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) -> MultiQuestionFineTuned:
@@ -273,8 +273,7 @@ def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) 
 
 def zero_shot(lm, survey: Survey, question: str, keys, attributes, template: str) -> np.ndarray:
     """Direct (``default``) / PE (``persona``): the pretrained model's option distribution."""
-    ps = prompts.build_prompts(survey, question, keys, attributes, template=template, labels=lm.labels,
-                               answer_suffix=lm.answer_suffix)
+    ps = lm.build_prompts(survey, question, keys, attributes, template)
     return lm.zero_shot_probs(ps, survey.question(question).n_options)
 
 
@@ -399,6 +398,8 @@ def run_generation(cfg: GenerationConfig, lm=None, store_root: str | Path = DEFA
         survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source)
         split = make_split(survey, cfg)
     survey = split.survey
+    if lm is not None:
+        lm.chat_template = cfg.chat_template  # a loaded model reads the prompts the way this configuration says
     key = store_key("generation", store_settings(cfg, survey), survey)
     store = ResultStore(store_dir(store_root, ["generation", survey.name], key), config=key)
     pop = {"NewQ": "training", "NewP": "unseen", "Both": "unseen"}

@@ -55,6 +55,11 @@ class LanguageModel:
     prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES
     #: Prompts per frozen-prefix pass (default batch_size).
     prefix_batch_size: int | None = None
+    #: Wrap every prompt in the tokenizer's chat template (instruct models; :func:`dsalib.prompts.apply_chat_template`).
+    #: Off by default: the paper's appendix B prompt as plain text.
+    chat_template: bool = False
+    #: Extra arguments of the chat template (e.g. ``{"enable_thinking": False}`` for Qwen3).
+    chat_template_kwargs: dict = field(default_factory=dict)
     _probs_cache: dict = field(default_factory=dict, repr=False)
     _option_models: dict = field(default_factory=dict, repr=False)
     _phase1_memo: dict = field(default_factory=dict, repr=False)
@@ -155,9 +160,21 @@ class LanguageModel:
             self._phase1_memo.pop(next(iter(self._phase1_memo)))
         return value
 
+    def build_prompts(self, survey: Survey, question: str, keys, attributes, template: str = "default") -> list[str]:
+        """The prompts of subgroups ``keys`` as this model reads them (labels, answer slot, chat template)."""
+        return self.format_prompts(prompts.build_prompts(survey, question, keys, attributes, template=template,
+                                                         labels=self.labels, answer_suffix=self.answer_suffix))
+
+    def format_prompts(self, prompt_list: Sequence[str]) -> list[str]:
+        """``prompt_list`` wrapped in the chat template when :attr:`chat_template` is on, else unchanged."""
+        if not self.chat_template:
+            return list(prompt_list)
+        return [prompts.apply_chat_template(self.tokenizer, p, self.answer_suffix, **self.chat_template_kwargs)
+                for p in prompt_list]
+
     def describe(self, n_options: int | None = None) -> dict:
         d = {"model": self.name, "labels": self.labels, "leading_space": self.leading_space,
-             "answer_suffix": self.answer_suffix, "scoring": self.scoring,
+             "answer_suffix": self.answer_suffix, "scoring": self.scoring, "chat_template": self.chat_template,
              "normalisation": "softmax over the option-label tokens only"}
         if n_options is not None:
             d["rule"] = self.rule(n_options).to_dict()
@@ -174,9 +191,7 @@ class _PromptedMethod:
     train: SubgroupTable | None = field(default=None, repr=False)
 
     def _prompts(self, keys) -> list[str]:
-        return prompts.build_prompts(self.survey, self.train.question, keys, self.train.attributes,
-                                     template=self.template, labels=self.lm.labels,
-                                     answer_suffix=self.lm.answer_suffix)
+        return self.lm.build_prompts(self.survey, self.train.question, keys, self.train.attributes, self.template)
 
     def _fit_common(self, train: SubgroupTable) -> None:
         _check_train(train)

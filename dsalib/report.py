@@ -45,7 +45,8 @@ from .errors import DsaError
 #: Reference names the studies use besides the registry's methods (ablations, theorem,
 #: unseen backgrounds), in the order they are shown.
 OTHER_REFERENCES = ("TS-drop", "MNL-drop", "Marginal", "QMean", "empirical", "empirical_smoothed", "no_shift",
-                    "quantile_pair", "quantile_pooled", "ratio_pair", "ratio_pooled")
+                    "quantile_pair", "quantile_pooled", "ratio_pair", "ratio_pooled", "EB-MNL(marginal)",
+                    "EB-MNL(crossfit)")
 #: Methods in display order: the registry's (statistical, then LLM), other references, the noise floor last.
 METHOD_ORDER = (*method_registry.ALL, *OTHER_REFERENCES, "floor")
 
@@ -333,6 +334,7 @@ def _method_colors() -> dict[str, tuple]:
         "TS-drop": tab[15], "MNL-drop": tab[19], "Marginal": tab[16], "QMean": tab[17],
         "empirical": tab[4], "empirical_smoothed": tab[5], "no_shift": tab[9],
         "quantile_pair": tab[12], "quantile_pooled": tab[13], "ratio_pair": dark[0], "ratio_pooled": dark[3],
+        "Stacked-MNL": dark[1], "EB-MNL(marginal)": dark[2], "EB-MNL(crossfit)": dark[5],
         "floor": (0.0, 0.0, 0.0),
     }
     return {m: tuple(float(c) for c in colors[m]) for m in METHOD_ORDER}

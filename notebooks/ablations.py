@@ -71,6 +71,7 @@ subset_questions = ["imbgeco"]  # questions of the strategy and model comparison
 subset_seeds = [0, 1]  # training samples of the strategy and model comparisons
 modes = ["full", "heldout"]  # ground truth(s); each setting is fitted once for all
 model = "smollm2-135m"  # model of the phase and strategy comparisons
+chat_template = False  # wrap prompts in the model's chat template (instruct models); False: the paper's prompt
 models = ["smollm2-135m", "gemma3-270m"]  # models compared with the default settings; empty skips that part
 strategies = ["last_layer", "lora", "full"]  # fine-tuning strategies compared; empty skips that part
 strategy_methods = ["TKFT", "DSA"]  # methods of the strategy rows (TKFT is Phase 1 only, DSA Phase 1 and 2)

@@ -53,6 +53,7 @@ seeds = [0, 1, 2, 3, 4]  # one training sample per seed
 modes = ["full", "heldout"]  # ground truth: full (the paper) and/or heldout; each method is fitted once for all
 methods = ["TS", "MNL", "POLR", "EB-MNL", "Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA"]
 model = "smollm2-135m"  # embedded name, local path or hub id
+chat_template = False  # wrap prompts in the model's chat template (instruct models); False: the paper's prompt
 template = "default"  # prompt template of Direct, AAE, TKFT and DSA (PE uses persona)
 phase1 = {}  # dsalib.train.Phase1Config fields, e.g. {"lr": 5e-5, "weighting": "count"}
 phase2 = {}  # dsalib.train.Phase2Config fields, e.g. {"min_pair_size": 10}

@@ -66,6 +66,7 @@ heldout_levels = ["Independent"]  # levels of the unseen population (NewP and Bo
 excluded_levels = []  # levels in neither population (the WVS C3 countries)
 methods = ["Direct", "PE", "TKFT", "DSA", "QMean", "Marginal", "TS-drop", "MNL-drop"]
 model = "smollm2-135m"  # embedded name, local path or hub id
+chat_template = False  # wrap prompts in the model's chat template (instruct models); False: the paper's prompt
 seeds = [0]  # one training run per seed (epoch-selection split and batch order)
 template = "default"  # prompt template of Direct, TKFT and DSA (PE uses persona)
 phase1 = {}  # dsalib.train.Phase1Config fields; epochs None chooses them on held-out training respondents

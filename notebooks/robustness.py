@@ -64,6 +64,7 @@ modes = ["full", "heldout"]  # ground truth(s) of the better-than-TS part
 methods = ["Direct", "PE", "AAE", "TKFT", "DSA"]  # compared with TS (TS and the floor are always included)
 sizes = []  # further training sizes for the better-than-TS share (each fits the methods at that n); empty means only n
 model = "smollm2-135m"  # embedded name, local path or hub id
+chat_template = False  # wrap prompts in the model's chat template (instruct models); False: the paper's prompt
 phase1 = {}  # dsalib.train.Phase1Config fields (as the enhancement study)
 phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full

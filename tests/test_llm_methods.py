@@ -141,3 +141,25 @@ def test_bad_input(tiny, ess9):
     other = surveys.load_survey("ess10no")
     with pytest.raises(DsaError, match="training table is from"):
         L.Direct(tiny, other).fit(split.train)
+
+
+def test_chat_template_option_wraps_every_prompt(ess9):
+    """LanguageModel(chat_template=True): Direct and TKFT read the answer after the chat template's assistant turn."""
+    from dsalib import lm as lm_mod, surveys
+    from dsalib.llm_methods import LanguageModel
+    from dsalib.methods import make_method
+
+    model, tok = lm_mod.build_tiny_model()
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    plain = LanguageModel(name="tiny", model=model, tokenizer=tok)
+    chat = LanguageModel(name="tiny", model=model, tokenizer=tok, chat_template=True)
+    split = surveys.enhancement_split(ess9, "imbgeco", n=150, seed=0, mode="full")
+    keys = split.truth.keys[:5]
+    ps = chat.build_prompts(ess9, "imbgeco", keys, split.train.attributes)
+    assert all(p.startswith("<|user|>\n") and p.endswith("<|assistant|>\nAnswer:") for p in ps)
+    assert plain.build_prompts(ess9, "imbgeco", keys, split.train.attributes)[0].startswith("The following")
+    p_plain = make_method("Direct", lm=plain, survey=ess9).fit(split.train).predict(keys)
+    p_chat = make_method("Direct", lm=chat, survey=ess9).fit(split.train).predict(keys)
+    assert p_chat.shape == p_plain.shape and np.abs(p_chat - p_plain).max() > 1e-4  # other prompts, other answers
+    assert chat.describe()["chat_template"] is True
