@@ -328,7 +328,7 @@ def _method_colors() -> dict[str, tuple]:
     tab = sns.color_palette("tab20", 20)
     dark = sns.color_palette("Dark2", 8)
     colors = {
-        "TS": tab[14], "MNL": tab[0], "POLR": tab[18], "EB-MNL": tab[1], "Stacked-MNL": dark[5],
+        "TS": tab[14], "MNL": tab[0], "POLR": tab[18], "EB-MNL": tab[1],
         "Direct": tab[10], "PE": tab[11], "AAE": tab[8],
         "TKFT": tab[2], "EB-TKFT": tab[3], "DSA": tab[6], "EB-DSA": tab[7],
         "TS-drop": tab[15], "MNL-drop": tab[19], "Marginal": tab[16], "QMean": tab[17],
