@@ -107,7 +107,7 @@ prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(mo
                           option_rule={m: r for m, r in rules.items()}, seeds=seeds, n=n,
                           subset_questions=" ".join(sqs), subset_seeds=" ".join(map(str, subset_seeds)))
 flat = results.scalar_columns(runs)
-results.write_table(flat, out / "results.csv", prov)
+_ = results.write_table(flat, out / "results.csv", prov)
 
 # %% [markdown]
 # ## The finding first: did Phase 2 ever help?
