@@ -176,9 +176,12 @@ for ax, (_, t) in zip(axes[:, 0], truth.iterrows()):
     for m in show:
         row = first[(first.method == m) & (first.subgroup == t.subgroup)].iloc[0]
         dists[m] = row[[c.replace("truth_", "pred_") for c in tcols]].to_numpy(float)
-    report.option_bars(ax, dists, [str(x)[:18] for x in labels], xlabel="", ylabel="share")
+    short = [str(x).split(" (")[0] for x in labels]  # "0 (Bad for the economy)" -> "0"; the full labels below
+    report.option_bars(ax, dists, short, xlabel="", ylabel="share")
     ax.set_title(f"{t.subgroup} (truth n = {int(t.n)}, training n = {int(t.train_n)})")
-    ax.tick_params(axis="x", rotation=20 if len(labels) > 5 else 0)
+    ax.tick_params(axis="x", rotation=20 if max(len(x) for x in short) > 8 else 0)
+axes[-1][0].set_xlabel(f"answer option of {qs[0]}" + (f" ({labels[0]} … {labels[-1]})" if short != list(map(str, labels))
+                                                      else ""))
 report.legend_outside(fig, where="below", ncol=6)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "small_subgroups.png")

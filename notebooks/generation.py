@@ -205,12 +205,12 @@ display(report.table(per_q, caption="JSD per test question (mean over seeds)", m
 order = report.method_order(table.index)
 fig, axes = report.figure(1, len(generation.SPLITS), height=4.2, sharey=True)
 summary = res.groupby(["split", "method"]).jsd_mean.mean()
+y = np.arange(len(order))  # one row per method on every panel; a method not defined on a split has no bar
 for ax, s in zip(axes[0], generation.SPLITS):
-    ms = [m for m in order if (s, m) in summary.index]
-    ax.barh(np.arange(len(ms)), [summary[(s, m)] for m in ms], color=[report.method_color(m) for m in ms])
-    ax.set_yticks(np.arange(len(ms)), ms)
-    ax.invert_yaxis()
+    ax.barh(y, [summary.get((s, m), np.nan) for m in order], color=[report.method_color(m) for m in order])
     ax.set_title(s)
+axes[0][0].set_yticks(y, order)
+axes[0][0].invert_yaxis()
     ax.set_xlabel("mean JSD")
 results.write_figure(fig, out / "jsd_by_split.png")
 report.check_fits_column(fig)
