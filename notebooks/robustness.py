@@ -126,7 +126,7 @@ for mode in modes:
     part = main[main.truth_mode == mode][["method"] + list(better_cols)].rename(columns=better_cols)
     tbl = report.table(part, shares=["share", "lowest share of one run", "highest share of one run"],
                        caption=f"Truth: {report.TRUTH_LABELS[mode]}. Subgroups closer to the truth than TS "
-                               f"({metric}), pooled over {len(qs)} question(s) x {len(seeds)} training sample(s)",
+                               f"({report.column_label(metric)}), pooled over {len(qs)} question(s) x {len(seeds)} training sample(s)",
                        notes=["A run is one (question, training sample); floor: a same-size resample of the truth."])
     display(tbl)
     glue(f"rob_{dataset}_{mode}_better_table", tbl, display=False)
@@ -165,7 +165,7 @@ for ax, mode in zip(axes[0], modes):
     ax.set_ylim(0, 1)
     ax.set_xticks(x, order, rotation=30)
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
-axes[0][0].set_ylabel(f"share with lower {metric} than TS")
+axes[0][0].set_ylabel(f"share with lower {report.column_label(metric)} than TS")
 report.legend_outside(fig, where="below")
 report.check_fits_column(fig)
 results.write_figure(fig, out / "better_than_ts.png")
@@ -196,7 +196,7 @@ if len(set(pooled.train_size)) > 1:
     ax.set_ylim(0, 1)
     ax.set_xscale("log")
     ax.set_xlabel("training size n (log scale)")
-    ax.set_ylabel(f"share with lower {metric} than TS")
+    ax.set_ylabel(f"share with lower {report.column_label(metric)} than TS")
     ax.set_title(f"truth: {report.TRUTH_LABELS[modes[0]]}")
     report.legend_outside(ax)
     report.check_fits_column(fig)
