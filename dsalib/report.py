@@ -551,3 +551,26 @@ def versus(a: str, a_value: float, b: str, b_value: float, what: str = "JSD") ->
         change = a_value / b_value - 1
         rel = "level" if abs(change) < 0.0005 else f"{format_share(abs(change))} {'higher' if change > 0 else 'lower'}"
     return f"`{a}` {format_number(a_value)} against `{b}` {format_number(b_value)} ({what}): {rel}"
+
+
+def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8):
+    """A log-scale axis labelled at ``ticks`` in plain numbers ("200", "1,000"; not "2×10²"), no minor labels.
+
+    With more than ``max_ticks`` values every second (third, ...) is labelled, always keeping the last.
+    """
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    if which not in ("x", "y"):
+        raise DsaError(f"log_axis: which must be 'x' or 'y', got {which!r}")
+    ticks = sorted({float(t) for t in ticks})
+    if not ticks or ticks[0] <= 0:
+        raise DsaError(f"log_axis: ticks must be positive numbers, got {ticks}")
+    step = max(1, math.ceil(len(ticks) / max_ticks))
+    shown = ticks[::step] if ticks[::step][-1] == ticks[-1] else ticks[::step] + [ticks[-1]]
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    (ax.set_xticks if which == "x" else ax.set_yticks)(shown, [format_number(int(t) if t == int(t) else t)
+                                                               for t in shown])
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+    return ax

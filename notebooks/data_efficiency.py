@@ -254,7 +254,7 @@ for ax, mode in zip(axes[0], modes):
         ax.plot([x], [r.error], marker=marker, ms=8, ls="", color=report.method_color(m),
                 markeredgecolor="black", markeredgewidth=0.5, label=m)
     ax.axvline(n, color="0.4", lw=1, ls="--", label=f"data used (n = {n})")
-    ax.set_xscale("log")
+    report.log_axis(ax, ts_sizes)
     ax.set_xlabel("TS training size (log scale)")
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")
@@ -278,7 +278,6 @@ for ax, mode in zip(axes[0], modes):
             rect.set_alpha(0.55)
     ax.axhline(n, color="black", lw=1, ls="--", label=f"data used (n = {n})")
     ax.set_xticks(x, b.method, rotation=35)
-    ax.set_yscale("log")
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 axes[0][0].set_ylabel("TS-equivalent training size")
 handles, labels = axes[0][0].get_legend_handles_labels()
@@ -335,7 +334,7 @@ for ax, mode in zip(axes[0], modes):
         d = t[t.method == m].sort_values("n")
         ax.errorbar(d.n, d.error, yerr=d.seed_sd, marker="o", ms=4, capsize=2, lw=1.4, color=report.method_color(m),
                     ls=":" if m == "floor" else "-", label="noise floor" if m == "floor" else m)
-    ax.set_xscale("log")
+    report.log_axis(ax, sorted(set(c.n) | set(t.n)))
     ax.set_xlabel("training size n (log scale)")
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")

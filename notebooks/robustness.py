@@ -126,7 +126,8 @@ for mode in modes:
     part = main[main.truth_mode == mode][["method"] + list(better_cols)].rename(columns=better_cols)
     tbl = report.table(part, shares=["share", "lowest share of one run", "highest share of one run"],
                        caption=f"Truth: {report.TRUTH_LABELS[mode]}. Subgroups closer to the truth than TS "
-                               f"({report.column_label(metric)}), pooled over {len(qs)} question(s) x {len(seeds)} training sample(s)",
+                               f"({report.column_label(metric)}), pooled over {len(qs)} question(s) x {len(seeds)} "
+                               f"training sample(s)",
                        notes=["A run is one (question, training sample); floor: a same-size resample of the truth."])
     display(tbl)
     glue(f"rob_{dataset}_{mode}_better_table", tbl, display=False)
@@ -194,7 +195,7 @@ if len(set(pooled.train_size)) > 1:
         pm = part[part.method == m].sort_values("train_size")
         ax.plot(pm.train_size, pm.share, marker="o", color=report.method_color(m), label=m)
     ax.set_ylim(0, 1)
-    ax.set_xscale("log")
+    report.log_axis(ax, sorted(set(part.train_size)))
     ax.set_xlabel("training size n (log scale)")
     ax.set_ylabel(f"share with lower {report.column_label(metric)} than TS")
     ax.set_title(f"truth: {report.TRUTH_LABELS[modes[0]]}")

@@ -428,3 +428,20 @@ def test_tqdm_auto_is_imported_without_its_iprogress_warning():
     assert "tqdm.auto" in sys.modules
     assert not [w for w in caught if "IProgress" in str(w.message)]
     importlib.import_module("tqdm.auto")
+
+
+def test_log_axis_labels_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([50, 1500], [1, 2])
+    report.log_axis(ax, [50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500])
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert ax.get_xscale() == "log" and labels[0] == "50" and labels[-1] == "1,500" and len(labels) <= 8
+    assert not ax.xaxis.get_minorticklocs().size
+    with pytest.raises(DsaError, match="positive"):
+        report.log_axis(ax, [0, 10])
+    plt.close(fig)
