@@ -124,7 +124,7 @@ for ax, inter in zip(axes[0], inters):
     for c in sorted(d.curve.unique()):  # a line joins one curve's sizes (an ordered axis)
         dc = d[d.curve == c].sort_values("per_subgroup")
         ax.plot(dc.per_subgroup, dc.jsd_mean, marker="o", color=colour[c], ls="-" if c == "TS" else "--", label=c)
-    ax.set_xscale("log")
+    report.log_axis(ax, params["per_subgroup"])
     ax.set_yscale("log")
     ax.set_xlabel("training respondents per subgroup (mean)")
     ax.set_title(f"interaction {inter:g}")

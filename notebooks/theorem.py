@@ -286,7 +286,7 @@ for i, eff in enumerate(effs):
                 dm = d[(d.method == m) & (d.reference_size == ref)].sort_values("rare_size")
                 ax.plot(dm.rare_size, dm.jsd_mean, marker="o", ms=3, ls=ls, color=report.method_color(m),
                         label=m.replace("_", " ") if ref == min(styles) else None)
-        ax.set_xscale("log")
+        report.log_axis(ax, params["rare_sizes"])
         ax.set_yscale("log")
         ax.set_title(f"{eff} effects, interaction {s_:g}")
     axes[i][0].set_ylabel("mean JSD to the truth")
