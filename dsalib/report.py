@@ -256,6 +256,10 @@ def _cell(value, column: str) -> tuple[str, bool]:
         return value, False
     if isinstance(value, (list, tuple, set)):
         return ", ".join(_cell(v, column)[0] for v in value), False
+    if isinstance(value, Mapping):  # a settings mapping: "DSA: guard no; DSA-ratio: guard no, operator ratio"
+        sep = "; " if any(isinstance(v, Mapping) for v in value.values()) else ", "
+        return sep.join(f"{k}: {_cell(v, column)[0]}" if isinstance(v, Mapping) else f"{k} {_cell(v, column)[0]}"
+                        for k, v in value.items()) or "none", False
     return str(value), False
 
 

@@ -81,8 +81,7 @@ out_dir = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a tempor
 prov = results.provenance(seeds=[params["seed"]], data_source="synthetic factorised surveys (dsalib.known_truth)")
 torch.set_num_threads(2)
 key_numbers = {}
-display(report.table(pd.DataFrame({"parameter": list(params), "value": [str(v) if isinstance(v, dict) else v
-                                                                       for v in params.values()]}),
+display(report.table(pd.DataFrame({"parameter": list(params), "value": list(params.values())}),
                      caption="The parameters of this run", max_rows=30))
 
 # %% [markdown]

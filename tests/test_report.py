@@ -445,3 +445,11 @@ def test_log_axis_labels_plain_numbers():
     with pytest.raises(DsaError, match="positive"):
         report.log_axis(ax, [0, 10])
     plt.close(fig)
+
+
+def test_table_formats_settings_mappings_without_reprs():
+    t = report.table(pd.DataFrame({"parameter": ["variants", "phase1"],
+                                   "value": [{"DSA": {"guard": False}, "DSA-ratio": {"guard": False, "lr": 0.001}},
+                                             {}]}))
+    assert list(t.frame["value"]) == ["DSA: guard no; DSA-ratio: guard no, lr 0.00100", "none"]
+    assert "{" not in t.html and "False" not in t.html
