@@ -51,7 +51,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, experiments, report, results, robustness, study
+from dsalib import config, diagnostics, experiments, report, results, robustness, study
 
 report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
@@ -139,8 +139,20 @@ glue(f"abl_{dataset}_dsa_vs_tkft_table", h2h_table, display=False)
 # %%
 phase = robustness.ablation_summary(runs[runs.part == "phase"], ["model", "strategy", "epochs"])
 results.write_table(phase, out / "phase.csv", prov)
-phase_table = report.table(report.method_table(runs[runs.part == "phase"], ("wd_scaled_mean", "jsd_mean")),
-                           caption="Phase 1 (TKFT) and Phase 1 + 2 (DSA), with TS and the noise floor")
+phase_wide = report.method_table(runs[runs.part == "phase"], ("wd_scaled_mean", "jsd_mean"))
+per_phase = experiments.load_per_subgroup_modes(cfg.run_config(subset=False), store_root=store_root, survey=survey)
+spreads = diagnostics.spread_table(per_phase, by=["truth_mode"]).reset_index()
+results.write_table(spreads, out / "phase_spread.csv", prov)
+for mode in modes:
+    sp = spreads[spreads.truth_mode == mode].set_index("method")
+    phase_wide[f"Spread, {report.TRUTH_LABELS.get(mode, mode)}"] = [sp.spread.get(m) for m in phase_wide.index]
+phase_table = report.table(
+    phase_wide, caption="Phase 1 (TKFT) and Phase 1 + 2 (DSA), with TS and the noise floor",
+    missing="not defined for the noise floor (it predicts nothing)",
+    notes=["Spread: mean JSD of each subgroup's prediction to their size-weighted mean (0: every subgroup gets the "
+           "same prediction). The truth's spread over the same subgroups: "
+           + ", ".join(f"{report.TRUTH_LABELS.get(m, m)} {report.format_number(float(g.truth_spread.mean()))}"
+                       for m, g in spreads.groupby("truth_mode", sort=False)) + "."])
 display(phase_table)
 diff = pd.concat([robustness.paired_difference(res_default, "DSA", "TKFT", metric=mt).assign(metric=mt)
                   for mt in ("wd_scaled_mean", "jsd_mean")], ignore_index=True)
