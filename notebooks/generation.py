@@ -209,9 +209,9 @@ y = np.arange(len(order))  # one row per method on every panel; a method not def
 for ax, s in zip(axes[0], generation.SPLITS):
     ax.barh(y, [summary.get((s, m), np.nan) for m in order], color=[report.method_color(m) for m in order])
     ax.set_title(s)
+    ax.set_xlabel("mean JSD")
 axes[0][0].set_yticks(y, order)
 axes[0][0].invert_yaxis()
-    ax.set_xlabel("mean JSD")
 results.write_figure(fig, out / "jsd_by_split.png")
 report.check_fits_column(fig)
 glue(f"{key}_fig", fig, display=False)
