@@ -14,3 +14,7 @@ Modules (flat, one concept each):
 """
 
 __version__ = "0.1.0"
+
+from .progress import import_tqdm_auto_quietly as _import_tqdm_auto_quietly
+
+_import_tqdm_auto_quietly()  # libraries we import would print a TqdmWarning into every executed notebook

@@ -275,13 +275,14 @@ def equivalent_sizes(method_res: pd.DataFrame, ts_res: pd.DataFrame, metric: str
 def describe_equivalent(row) -> tuple[str, str]:
     """Readable TS-equivalent size and saving of a row of :func:`equivalent_sizes` (bounds marked)."""
     saving = row["saving_bound"]
-    pct = (lambda prefix: "n/a" if not np.isfinite(saving) else f"{prefix}{100 * saving:.1f}%")
+    pct = (lambda prefix: "not applicable" if not np.isfinite(saving)
+           else f"{prefix}{100 * saving:.1f}%".replace("-", "−"))
     if row["status"] == WITHIN:
         return f"{row['ts_equivalent_n']:,.0f}", pct("")
     if row["status"] == BEYOND:
         return f"> {row['bound']:,.0f}", pct("> ")
-    if row["status"] == BELOW:
-        return f"< {row['bound']:,.0f}", pct("< ")
+    if row["status"] == BELOW:  # a bound such as "< −900%" says nothing useful: the method saves no data
+        return f"< {row['bound']:,.0f}", "not applicable" if not np.isfinite(saving) else "none (worse than TS)"
     raise ParameterError(f"unknown status {row['status']!r}")
 
 
@@ -391,29 +392,39 @@ def absent_counts(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("truth_mode")
 
 
-def absent_sentence(counts: pd.DataFrame, by_presence: pd.DataFrame, mode: str, show: Sequence[str]) -> str:
-    """One sentence on the absent subgroups of a truth mode, for the report (says so when there are none).
+#: Fewer absent-subgroup evaluations than this are too few to compare methods on; the report says so.
+MIN_ABSENT_TO_COMPARE = 30
+
+
+def absent_sentence(counts: pd.DataFrame, by_presence: pd.DataFrame, mode: str, show: Sequence[str],
+                    min_absent: int = MIN_ABSENT_TO_COMPARE) -> str:
+    """One short sentence on the absent subgroups of a truth mode, for the report (says so when there are none).
 
     ``counts``: :func:`absent_counts`; ``by_presence``: :func:`subgroup_summary`
-    (with presence); ``show``: the methods to name.
+    (with presence); ``show``: the methods to name. With fewer than ``min_absent``
+    absent evaluations the sentence says they are too few to compare methods on and
+    names no error; otherwise it gives the mean JSD of ``show`` on them (the shares
+    better than TS are in the tables).
     """
     row = counts.loc[mode]
     total, absent = int(row.evaluations), int(row.absent)
     if absent == 0:
         return (f"None of the {total:,} subgroup evaluations lacked a training respondent, so at this training size "
                 "there is no absent subgroup to compare on.")
+    text = (f"{absent:,} of {total:,} subgroup evaluations ({100 * absent / total:.1f}%, "
+            f"{int(row.absent_distinct_subgroups)} distinct subgroups, median truth size "
+            f"{row.truth_n_of_absent_median:.0f}) had no training respondent")
+    if absent < min_absent:
+        return text + (f": too few (under {min_absent}) to compare methods on, so the absent rows of the tables "
+                       "are shown for completeness only.")
     t = by_presence[(by_presence.truth_mode == mode) & by_presence.presence.str.startswith("absent")]
     t = t.set_index("method")
     named = [m for m in show if m in t.index and m != "floor"]  # the floor is named apart
     errs = ", ".join(f"{m} {t.loc[m, 'jsd_mean']:.3f}" for m in named)
-    beats = ", ".join(f"{m} {100 * t.loc[m, 'better_than_ts']:.0f}%" for m in named
-                      if m != "TS" and np.isfinite(t.loc[m, "better_than_ts"]))
-    text = (f"{absent:,} of {total:,} subgroup evaluations ({100 * absent / total:.1f}%, "
-            f"{int(row.absent_distinct_subgroups)} distinct subgroups, median truth size "
-            f"{row.truth_n_of_absent_median:.0f}) had no training respondent; mean JSD on them: {errs}")
+    text += f"; mean JSD on them: {errs}"
     if "floor" in t.index:
         text += f" (noise floor {t.loc['floor', 'jsd_mean']:.3f})"
-    return text + (f"; share of them where the method beats TS: {beats}." if beats else ".")
+    return text + "."
 
 
 def ordered_by_size(df: pd.DataFrame, truth_mode: str, question: str, seed: int) -> pd.DataFrame:

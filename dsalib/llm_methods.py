@@ -267,8 +267,13 @@ class AAE(_PromptedMethod):
         folds = int(min(5, np.bincount(y).max()))
         from .statistical import _single_thread_blas
 
+        import inspect
+
+        # scikit-learn >= 1.8 warns unless the L2 penalty (l1_ratios=(0,)) and the new fitted attributes are explicit
+        explicit = ({"l1_ratios": (0.0,), "use_legacy_attributes": False}
+                    if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters else {})
         self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=max(2, min(folds, 5)), scoring="neg_log_loss",
-                                         max_iter=2000, random_state=self.seed)
+                                         max_iter=2000, random_state=self.seed, **explicit)
         with _single_thread_blas():
             self._clf.fit(x, y, sample_weight=w)
         return self

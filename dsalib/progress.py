@@ -65,3 +65,20 @@ def bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs):
 
         return tqdm(iterable, disable=True, **kwargs)
     return cls(iterable, **kwargs)
+
+
+def import_tqdm_auto_quietly() -> None:
+    """Import ``tqdm.auto`` once with its "IProgress not found" warning silenced.
+
+    transformers, huggingface_hub and accelerate import ``tqdm.auto`` at import time; in a
+    kernel without ``ipywidgets`` that prints a ``TqdmWarning`` with the interpreter's path
+    into the executed notebook. dsalib shows no bar there anyway (:func:`bar`), so the
+    warning says nothing; ``dsalib/__init__.py`` calls this first. Other warnings still show.
+    """
+    import warnings
+
+    from tqdm import TqdmWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+        import tqdm.auto  # noqa: F401 (the quiet import)

@@ -256,6 +256,10 @@ def _cell(value, column: str) -> tuple[str, bool]:
         return value, False
     if isinstance(value, (list, tuple, set)):
         return ", ".join(_cell(v, column)[0] for v in value), False
+    if isinstance(value, Mapping):  # a settings mapping: "DSA: guard no; DSA-ratio: guard no, operator ratio"
+        sep = "; " if any(isinstance(v, Mapping) for v in value.values()) else ", "
+        return sep.join(f"{k}: {_cell(v, column)[0]}" if isinstance(v, Mapping) else f"{k} {_cell(v, column)[0]}"
+                        for k, v in value.items()) or "none", False
     return str(value), False
 
 
@@ -507,4 +511,70 @@ def option_bars(ax, distributions: Mapping[str, Sequence[float]], option_labels:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(-0.6, k - 0.4)
+    return ax
+
+
+# --------------------------------------------------------------------------
+# Findings as sentences
+# --------------------------------------------------------------------------
+
+#: How each Phase 2 outcome (:data:`dsalib.llm_methods.PHASE2_OUTCOMES`) reads in a sentence.
+PHASE2_OUTCOME_TEXT = {"run": "ran and was kept", "rejected": "was rejected by the validation guard",
+                       "skipped": "was skipped (no pair of training subgroups reached the pair threshold)"}
+
+
+def phase2_sentence(outcomes: Sequence[str], method: str = "DSA") -> str:
+    """What happened to Phase 2 over a method's fits, in words: "Phase 2 of `DSA` ran and was kept in 1 of 3 fits; ..."
+
+    A rejected or skipped Phase 2 leaves the Phase 1 model, so that fit of DSA is a TKFT fit.
+    """
+    outcomes = [str(o) for o in outcomes]
+    if not outcomes:
+        raise DsaError(f"phase2_sentence: no {method} fits to describe")
+    unknown = sorted(set(outcomes) - set(PHASE2_OUTCOME_TEXT))
+    if unknown:
+        raise DsaError(f"phase2_sentence: unknown Phase 2 outcome(s) {unknown}; known: {list(PHASE2_OUTCOME_TEXT)}")
+    total = len(outcomes)
+    parts = [f"{PHASE2_OUTCOME_TEXT[o]} in {outcomes.count(o)} of {total} fit{'s' if total > 1 else ''}"
+             for o in PHASE2_OUTCOME_TEXT if o in outcomes]
+    text = f"Phase 2 of `{method}` " + "; ".join(parts) + "."
+    if "run" not in outcomes:
+        text += f" Every `{method}` fit here is therefore its Phase 1 (TKFT) model."
+    return text
+
+
+def versus(a: str, a_value: float, b: str, b_value: float, what: str = "JSD") -> str:
+    """One comparison in words: "`DSA` 0.0912 against `MNL` 0.0800 (JSD): 14.0% higher"; lower is better."""
+    for name, v in ((a, a_value), (b, b_value)):
+        if v is None or not math.isfinite(float(v)):
+            raise DsaError(f"versus: no finite value for {name!r} ({v!r}); is the method in the results?")
+    a_value, b_value = float(a_value), float(b_value)
+    if b_value == 0:
+        rel = "level" if a_value == 0 else "higher"
+    else:
+        change = a_value / b_value - 1
+        rel = "level" if abs(change) < 0.0005 else f"{format_share(abs(change))} {'higher' if change > 0 else 'lower'}"
+    return f"`{a}` {format_number(a_value)} against `{b}` {format_number(b_value)} ({what}): {rel}"
+
+
+def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8):
+    """A log-scale axis labelled at ``ticks`` in plain numbers ("200", "1,000"; not "2×10²"), no minor labels.
+
+    With more than ``max_ticks`` values every second (third, ...) is labelled, always keeping the last.
+    """
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    if which not in ("x", "y"):
+        raise DsaError(f"log_axis: which must be 'x' or 'y', got {which!r}")
+    ticks = sorted({float(t) for t in ticks})
+    if not ticks or ticks[0] <= 0:
+        raise DsaError(f"log_axis: ticks must be positive numbers, got {ticks}")
+    step = max(1, math.ceil(len(ticks) / max_ticks))
+    shown = ticks[::step] if ticks[::step][-1] == ticks[-1] else ticks[::step] + [ticks[-1]]
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    (ax.set_xticks if which == "x" else ax.set_yticks)(shown, [format_number(int(t) if t == int(t) else t)
+                                                               for t in shown])
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
     return ax

@@ -37,6 +37,7 @@ import pandas as pd
 
 from . import metrics
 from .errors import DsaError
+from .stores import DEFAULT_STORE_ROOT
 
 #: The columns that identify one fitted result (besides the method).
 RUN_KEYS = ("truth_mode", "question", "seed")
@@ -305,3 +306,199 @@ def check_model_names(models: Sequence[str]) -> list[str]:
                 + ("" if looks_like_path else ", and not in the local Hugging Face cache (offline mode is on)")
                 + "; give the folder of a model's files or an embedded name")
     return list(models)
+
+
+# --------------------------------------------------------------------------
+# Running the study's parts (the notebook only reads and draws)
+# --------------------------------------------------------------------------
+
+
+def run_training_sizes(cfg, sizes: Sequence[int], lm=None, store_root=DEFAULT_STORE_ROOT, survey=None,
+                       progress=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or read back) the robustness study's methods at each training size; column ``train_size``.
+
+    ``cfg``: a :class:`dsalib.config.RobustnessConfig`; each size runs its
+    :meth:`~dsalib.config.RobustnessConfig.run_config` (TS, the study's methods and the
+    floor) through :func:`dsalib.efficiency.run_sizes` (one shared store per size, so
+    sizes another study computed are read back). Returns ``(results, per_subgroup)``:
+    the per-(question, seed, method, truth mode) table and the per-subgroup rows of
+    every size. Repeated sizes run once, in the order given.
+    """
+    from . import efficiency, experiments
+
+    sizes = [int(s) for s in dict.fromkeys(sizes)]
+    if not sizes:
+        raise DsaError("run_training_sizes: no training sizes given; pass at least the study's n")
+    bad = [s for s in sizes if s < 1]
+    if bad:
+        raise DsaError(f"run_training_sizes: training sizes must be positive integers, got {bad}")
+    res, per = [], []
+    for size in sizes:
+        c = cfg.run_config(n=size)
+        res.append(efficiency.run_sizes(c, [size], c.modes, store_root, lm=lm, progress=progress, survey=survey)
+                   .rename(columns={"n": "train_size"}))
+        per.append(experiments.load_per_subgroup_modes(c, store_root=store_root, survey=survey)
+                   .assign(train_size=size))
+    return pd.concat(res, ignore_index=True), pd.concat(per, ignore_index=True)
+
+
+def run_templates(configs: Mapping, mode: str, lm=None, store_root=DEFAULT_STORE_ROOT, survey=None,
+                  progress=print) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run (or read back) one protocol configuration per prompt template, scored against truth ``mode`` only.
+
+    ``configs``: template name → :class:`~dsalib.config.EnhancementConfig` (e.g.
+    ``{t: cfg.run_config(template=t, ...)}``). Returns ``(results, per_subgroup)`` with
+    a ``template`` column, the input of :func:`pairwise_template_jsd` and
+    :func:`template_errors`.
+    """
+    from . import experiments
+
+    if not configs:
+        raise DsaError("run_templates: no templates given")
+    res, per = [], []
+    for t, c in configs.items():
+        res.append(experiments.run_enhancement(c, lm=lm, modes=[mode], store_root=store_root, survey=survey,
+                                               progress=progress).assign(template=t))
+        per.append(experiments.load_per_subgroup_modes(c, [mode], store_root, survey).assign(template=t))
+    return pd.concat(res, ignore_index=True), pd.concat(per, ignore_index=True)
+
+
+def better_sentence(pooled: pd.DataFrame, mode: str, methods: Sequence[str]) -> str:
+    """The better-than-TS finding in one sentence, from :func:`pool_shares` rows (one training size).
+
+    Methods are listed from the highest share to the lowest, then the noise floor's share
+    (when present) as the reference: how often a same-size resample of the truth beats TS.
+    """
+    _require(pooled, ["truth_mode", "method", "share", "subgroups"], "better_sentence")
+    part = pooled[pooled.truth_mode == mode].set_index("method")
+    if part.index.duplicated().any():
+        raise DsaError("better_sentence: one row per method is needed; select one training size first")
+    absent = [m for m in methods if m not in part.index]
+    if absent:
+        raise DsaError(f"better_sentence: no {mode!r} rows for method(s) {absent}; present: {sorted(part.index)}")
+    ranked = sorted(methods, key=lambda m: -float(part.share[m]))
+    pct = lambda m: f"{100 * float(part.share[m]):.1f}%"  # noqa: E731
+    listed = ", ".join(f"`{m}` on {pct(m)}" for m in ranked)
+    label = {"full": "the full-data truth", "heldout": "the held-out truth"}.get(mode, f"truth {mode!r}")
+    text = (f"With {label}, the share of the {int(part.subgroups.max()):,} evaluated subgroups where a method is "
+            f"closer to the truth than `TS`: {listed}.")
+    if "floor" in part.index:
+        text += f" A same-size resample of the truth (the noise floor) is closer on {pct('floor')}."
+    return text
+
+
+def head_to_head(runs: pd.DataFrame, method: str = "DSA", baseline: str = "TKFT",
+                 metrics_: Sequence[str] = ("wd_scaled_mean", "jsd_mean"),
+                 setting: Sequence[str] = ("model", "strategy", "epochs")) -> pd.DataFrame:
+    """How often ``method`` is below ``baseline`` on the same fit, over every setting of the ablation runs.
+
+    ``runs``: :func:`label_runs` rows (one per part, setting, truth mode, question, seed and
+    method); a (setting, truth mode, question, seed) counted by several parts counts once.
+    Returns one row per truth mode and metric: ``lower`` (runs where ``method`` is strictly
+    below), ``ties``, ``runs`` (paired runs) and ``mean_diff`` (``method`` minus ``baseline``).
+    """
+    setting = [c for c in setting if c in runs.columns]
+    key = ["truth_mode", *setting, "question", "seed"]
+    _require(runs, key + ["method", *metrics_], "head_to_head")
+    rows = []
+    for metric in metrics_:
+        a = runs[runs.method == method].drop_duplicates(key).set_index(key)[metric]
+        b = runs[runs.method == baseline].drop_duplicates(key).set_index(key)[metric]
+        common = a.index.intersection(b.index)
+        if len(common) == 0:
+            raise DsaError(f"head_to_head: {method} and {baseline} share no fitted run; run both on the same settings")
+        d = (a.loc[common] - b.loc[common]).rename("diff").reset_index()
+        for mode, g in d.groupby("truth_mode", sort=False):
+            rows.append({"truth_mode": mode, "metric": metric, "lower": int((g["diff"] < 0).sum()),
+                         "ties": int((g["diff"] == 0).sum()), "runs": len(g), "mean_diff": float(g["diff"].mean())})
+    return pd.DataFrame(rows)
+
+
+def head_to_head_sentence(h2h: pd.DataFrame, method: str = "DSA", baseline: str = "TKFT") -> str:
+    """The :func:`head_to_head` finding in one sentence per truth mode and metric ("never" when 0 runs)."""
+    from .report import TRUTH_LABELS, column_label
+
+    _require(h2h, ["truth_mode", "metric", "lower", "runs"], "head_to_head_sentence")
+    parts = []
+    for _, r in h2h.iterrows():
+        count = "never" if r.lower == 0 else f"in {int(r.lower):,} of {int(r.runs):,} runs"
+        ties = f", tied in {int(r.ties):,}" if r.get("ties", 0) else ""
+        parts.append(f"{column_label(r.metric)} against the {TRUTH_LABELS.get(r.truth_mode, r.truth_mode)} truth: "
+                     f"{count}{ties}" + (f" (of {int(r.runs):,})" if r.lower == 0 else ""))
+    return (f"`{method}` was below `{baseline}` (on the same training sample and setting) — "
+            + "; ".join(parts) + ".")
+
+
+def run_ablations(cfg, store_root=DEFAULT_STORE_ROOT, survey=None, load_model=None,
+                  progress=print) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Run (or read back) every row of the ablations study; returns ``(runs, option_rules, phase_results)``.
+
+    ``cfg``: a :class:`dsalib.config.AblationsConfig`. The parts, each tagged by
+    :func:`label_runs` (columns ``part``, ``model``, ``strategy``, ``epochs``):
+
+    - ``phase``: TS, TKFT and DSA with the default settings on every question and seed
+      (the Enhancement study's own runs, read back from the shared stores);
+    - ``selected``: the same on the subset of questions and seeds (the strategy reference);
+    - ``strategy``: TS and ``strategy_methods`` per fine-tuning strategy at ``fixed_epochs``;
+    - ``model``: the default settings per model of ``models`` (the study's own model reuses
+      the ``selected`` rows).
+
+    ``load_model``: name → language model (default: :meth:`dsalib.llm_methods.LanguageModel.load`
+    with ``cfg.prefix_cache``); one model is held at a time. ``option_rules``: model → its
+    option rule. ``phase_results``: the ``phase`` part's rows without the labels.
+    """
+    import gc
+
+    from . import experiments
+
+    if load_model is None:
+        from .llm_methods import LanguageModel
+
+        def load_model(name):
+            return LanguageModel.load(name, prefix_cache_dir=cfg.prefix_cache)
+
+    def run(c, lm):
+        return experiments.run_enhancement(c, lm=lm, store_root=store_root, survey=survey, progress=progress)
+
+    rules, parts = {}, []
+    lm = load_model(cfg.model)
+    rules[cfg.model] = lm.describe()
+    res_default = run(cfg.run_config(subset=False), lm)
+    parts.append(label_runs(res_default, part="phase", model=cfg.model, strategy="last_layer", epochs="selected"))
+    res_subset = run(cfg.run_config(), lm)  # the same store: runs already done above are read back
+    parts.append(label_runs(res_subset, part="selected", model=cfg.model, strategy="last_layer", epochs="selected"))
+    for s in cfg.strategies:
+        r = run(cfg.run_config(strategy=s, fixed=True, methods=["TS"] + list(cfg.strategy_methods)), lm)
+        parts.append(label_runs(r, part="strategy", model=cfg.model, strategy=s, epochs=str(cfg.fixed_epochs)))
+    for m in cfg.models:
+        if m == cfg.model:
+            r = res_subset
+        else:
+            lm = None
+            gc.collect()  # free the previous model before loading the next
+            lm = load_model(m)
+            rules[m] = lm.describe()
+            r = run(cfg.run_config(model=m), lm)
+        parts.append(label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
+    return pd.concat(parts, ignore_index=True), rules, res_default
+
+
+def table5(runs: pd.DataFrame, metric: str = "wd_scaled_mean") -> pd.DataFrame:
+    """The paper's Table 5 layout from :func:`run_ablations` rows: one row per (model, phase, strategy, epochs).
+
+    TKFT (phase 1) and DSA (phase 1+2) of the strategy and model parts (each fit once, however
+    many parts count it), mean ``metric`` over questions and seeds, one column per truth mode;
+    then TS and the noise floor of the ``selected`` part as reference rows (model "reference").
+    """
+    _require(runs, ["part", "model", "strategy", "epochs", "truth_mode", "question", "seed", "method", metric],
+             "table5")
+    ft = runs[runs.method.isin(list(PHASES)) & (runs.part != "phase")].drop_duplicates(
+        ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
+    if ft.empty:
+        raise DsaError("table5: no TKFT or DSA rows outside the phase part; run the strategy or model part")
+    t5 = ft.assign(phase=ft.method.map(PHASES)).pivot_table(
+        index=["model", "phase", "strategy", "epochs"], columns="truth_mode", values=metric, aggfunc="mean")
+    refs = runs[runs.method.isin(["TS", "floor"]) & (runs.part == "selected")].pivot_table(
+        index="method", columns="truth_mode", values=metric, aggfunc="mean")
+    refs.index = pd.MultiIndex.from_tuples([("reference", m, "-", "-") for m in refs.index], names=t5.index.names)
+    return pd.concat([t5, refs])

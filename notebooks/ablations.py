@@ -43,20 +43,17 @@
 # noise floor as reference rows. Logic lives in `dsalib.robustness`.
 
 # %%
-import gc
-
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, experiments, results, robustness, study
+from dsalib import config, diagnostics, experiments, report, results, robustness, study
 
-sns.set_theme(style="whitegrid")
+report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
@@ -105,92 +102,115 @@ display(Markdown(f"**Data:** `{dataset}` from {survey.source_name}, {survey.n_re
                  f"strategies {list(strategies)} at {fixed_epochs} Phase 1 epoch(s), lr {fixed_lr}; models {list(models)}."))
 
 # %%
-from dsalib.llm_methods import LanguageModel
-
-rules = {}
-
-
-def run(cfg, lm):
-    return experiments.run_enhancement(cfg, lm=lm, store_root=store_root, survey=survey)
-
-
-timing = []
-runs = []
-lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
-rules[model] = lm.describe()
-res_default = run(default_cfg, lm)
-runs.append(robustness.label_runs(res_default, part="phase", model=model, strategy="last_layer",
-                                  epochs="selected"))
-res_subset = run(subset_cfg, lm)  # the same store: runs already done above are reused
-runs.append(robustness.label_runs(res_subset, part="selected", model=model, strategy="last_layer", epochs="selected"))
-for s in strategies:
-    r = run(cfg.run_config(strategy=s, fixed=True, methods=["TS"] + list(strategy_methods)), lm)
-    runs.append(robustness.label_runs(r, part="strategy", model=model, strategy=s, epochs=str(fixed_epochs)))
-for m in models:
-    if m == model:
-        r = res_subset
-    else:
-        lm = None
-        gc.collect()
-        lm = LanguageModel.load(m, prefix_cache_dir=prefix_cache)
-        rules[m] = lm.describe()
-        r = run(cfg.run_config(model=m), lm)
-    runs.append(robustness.label_runs(r, part="model", model=m, strategy="last_layer", epochs="selected"))
-runs = pd.concat(runs, ignore_index=True)
+runs, rules, res_default = robustness.run_ablations(cfg, store_root=store_root, survey=survey)
 prov = results.provenance(survey, model=" ".join(dict.fromkeys([model] + list(models))),
                           option_rule={m: r for m, r in rules.items()}, seeds=seeds, n=n,
                           subset_questions=" ".join(sqs), subset_seeds=" ".join(map(str, subset_seeds)))
 flat = results.scalar_columns(runs)
-results.write_table(flat, out / "results.csv", prov)
+_ = results.write_table(flat, out / "results.csv", prov)
+
+# %% [markdown]
+# ## The finding first: did Phase 2 ever help?
+#
+# `DSA` is `TKFT` plus Phase 2, fitted on the same training sample, so each
+# (setting, question, training sample, truth) gives one paired comparison. Counted
+# over every setting of this study (phase, strategy and model parts):
+
+# %%
+h2h = robustness.head_to_head(runs)
+results.write_table(h2h, out / "dsa_vs_tkft.csv", prov)
+finding = robustness.head_to_head_sentence(h2h)
+display(Markdown(finding))
+glue(f"abl_{dataset}_dsa_vs_tkft", finding, display=False)
+h2h_table = report.table(h2h.rename(columns={"metric": "error", "lower": "runs with DSA lower", "ties": "tied runs",
+                                             "runs": "paired runs", "mean_diff": "mean of DSA − TKFT"})
+                         .assign(error=lambda d: d.error.map(report.column_label)),
+                         caption="DSA against TKFT on the same fits, over every setting")
+display(h2h_table)
+glue(f"abl_{dataset}_dsa_vs_tkft_table", h2h_table, display=False)
 
 # %% [markdown]
 # ## Phase 1 vs Phase 1 + 2
 #
-# Mean over questions and training samples of the Wasserstein-1 error divided
-# by K-1 (`wd_scaled_mean`, the paper reports WD), raw WD (`wd_mean`) and JSD;
-# `DSA - TKFT` is the paired difference on the same runs (`lower_share`: share
-# of runs where DSA is lower).
+# Mean over questions, ± standard deviation over training samples (seeds), of the
+# Wasserstein-1 error divided by K−1 (the paper reports WD) and of JSD;
+# the paired difference `DSA − TKFT` is on the same runs.
 
 # %%
 phase = robustness.ablation_summary(runs[runs.part == "phase"], ["model", "strategy", "epochs"])
 results.write_table(phase, out / "phase.csv", prov)
-display(phase.set_index(["truth_mode", "method"]).round(4))
+phase_wide = report.method_table(runs[runs.part == "phase"], ("wd_scaled_mean", "jsd_mean"))
+per_phase = experiments.load_per_subgroup_modes(cfg.run_config(subset=False), store_root=store_root, survey=survey)
+spreads = diagnostics.spread_table(per_phase, by=["truth_mode"]).reset_index()
+results.write_table(spreads, out / "phase_spread.csv", prov)
+for mode in modes:
+    sp = spreads[spreads.truth_mode == mode].set_index("method")
+    phase_wide[f"Spread, {report.TRUTH_LABELS.get(mode, mode)}"] = [sp.spread.get(m) for m in phase_wide.index]
+phase_table = report.table(
+    phase_wide, caption="Phase 1 (TKFT) and Phase 1 + 2 (DSA), with TS and the noise floor",
+    missing="not defined for the noise floor (it predicts nothing)",
+    notes=["Spread: mean JSD of each subgroup's prediction to their size-weighted mean (0: every subgroup gets the "
+           "same prediction). The truth's spread over the same subgroups: "
+           + ", ".join(f"{report.TRUTH_LABELS.get(m, m)} {report.format_number(float(g.truth_spread.mean()))}"
+                       for m, g in spreads.groupby("truth_mode", sort=False)) + "."])
+display(phase_table)
 diff = pd.concat([robustness.paired_difference(res_default, "DSA", "TKFT", metric=mt).assign(metric=mt)
                   for mt in ("wd_scaled_mean", "jsd_mean")], ignore_index=True)
 results.write_table(diff, out / "phase_difference.csv", prov)
-display(diff.round(4))
+display(report.table(diff[["truth_mode", "metric", "mean_diff", "sd_diff", "runs", "lower_share"]]
+                     .assign(metric=lambda d: d.metric.map(report.column_label))
+                     .rename(columns={"metric": "error", "mean_diff": "mean of DSA − TKFT",
+                                      "sd_diff": "s.d. over runs", "lower_share": "share of runs with DSA lower"}),
+                     shares=["share of runs with DSA lower"], caption="Paired difference DSA − TKFT"))
 reports = robustness.phase2_reports(res_default)
 results.write_table(reports, out / "phase2_reports.csv", prov)
-display(reports)
+display(report.table(reports.drop(columns=["note"]).rename(columns={
+    "phase1_epochs": "Phase 1 epochs", "epochs_selected": "epochs chosen on validation", "phase2_pairs": "Phase 2 pairs",
+    "attribute_changes": "attribute changes", "phase2_steps": "Phase 2 steps", "phase2_outcome": "Phase 2 outcome"}),
+    caption="Phase 2 of every DSA fit", max_rows=10))
 for _, row in phase.iterrows():
     glue(f"abl_{dataset}_{row.truth_mode}_phase_{row.method}_wd", float(row.wd_scaled_mean), display=False)
 for _, row in diff.iterrows():
     glue(f"abl_{dataset}_{row.truth_mode}_phase_diff_{row.metric}", float(row.mean_diff), display=False)
 glue(f"abl_{dataset}_phase2_kept_share", float((reports.phase2_outcome == "run").mean()), display=False)
 glue(f"abl_{dataset}_phase2_pairs_mean", float(reports.phase2_pairs.mean()), display=False)
-glue(f"abl_{dataset}_phase_table", phase.set_index(["truth_mode", "method"]).round(4), display=False)
+glue(f"abl_{dataset}_phase_table", phase_table, display=False)
 
 # %% [markdown]
 # ## Fine-tuning strategy (fixed number of Phase 1 epochs)
 #
 # On the subset of questions and training samples. Every strategy row is
-# trained for `fixed_epochs` Phase 1 epochs at learning rate `fixed_lr` (not chosen on validation); the `selected` row is the default last-layer setting with
-# epochs chosen on validation, for reference. `seconds` is the mean wall time
-# of one fit and prediction (contention on a shared machine inflates it).
+# trained for `fixed_epochs` Phase 1 epochs at learning rate `fixed_lr` (not chosen on
+# validation); the `selected` row is the default last-layer setting with epochs chosen
+# on validation, for reference. Seconds are the mean wall time of one fit and
+# prediction (contention on a shared machine inflates them).
 
 # %%
+def setting_table(rows, settings, caption):
+    """Rows per truth mode: setting, method, WD/(K−1) and JSD (mean ± s.d. over seeds), seconds."""
+    s = report.seed_summary(rows, ["wd_scaled_mean", "jsd_mean", "seconds"], by=["truth_mode", *settings, "method"])
+    shown = s[["truth_mode", *settings, "method"]].copy()
+    for m in ("wd_scaled_mean", "jsd_mean"):
+        shown[report.column_label(m)] = [report.mean_sd(a, b) for a, b in zip(s[m], s[f"{m}_sd"])]
+    shown["seconds per fit"] = s.seconds
+    return [report.table(shown[shown.truth_mode == mode].drop(columns="truth_mode"),
+                         caption=f"{caption} (truth: {report.TRUTH_LABELS.get(mode, mode)})") for mode in modes]
+
+
 if strategies:
     strat_runs = runs[runs.part.isin(["strategy", "selected"])]
     strat = robustness.ablation_summary(strat_runs, ["strategy", "epochs"])
     secs = strat_runs.groupby(["truth_mode", "strategy", "epochs", "method"], sort=False).seconds.mean()
     strat = strat.merge(secs.rename("seconds").reset_index(), on=["truth_mode", "strategy", "epochs", "method"])
     results.write_table(strat, out / "strategy.csv", prov)
-    display(strat.set_index(["truth_mode", "strategy", "epochs", "method"]).round(4))
+    strat_tables = setting_table(strat_runs.rename(columns={"epochs": "Phase 1 epochs"}),
+                                 ["strategy", "Phase 1 epochs"], "Fine-tuning strategy")
+    for t in strat_tables:
+        display(t)
     for _, row in strat.iterrows():
         glue(f"abl_{dataset}_{row.truth_mode}_{row.strategy}_e{row.epochs}_{row.method}_wd", float(row.wd_scaled_mean),
              display=False)
-    glue(f"abl_{dataset}_strategy_table", strat.set_index(["truth_mode", "strategy", "epochs", "method"]).round(4),
-         display=False)
+    glue(f"abl_{dataset}_strategy_table", strat_tables[0], display=False)
     glue(f"abl_{dataset}_fixed_epochs", fixed_epochs, display=False)
     glue(f"abl_{dataset}_fixed_lr", float(fixed_lr), display=False)
 
@@ -204,47 +224,55 @@ if strategies:
 if models:
     mod = robustness.ablation_summary(runs[runs.part == "model"], ["model"])
     results.write_table(mod, out / "models.csv", prov)
-    display(mod.set_index(["truth_mode", "model", "method"]).round(4))
+    model_tables = setting_table(runs[runs.part == "model"], ["model"], "Language model")
+    for t in model_tables:
+        display(t)
     for _, row in mod.iterrows():
         glue(f"abl_{dataset}_{row.truth_mode}_{row.model}_{row.method}_wd", float(row.wd_scaled_mean), display=False)
-    glue(f"abl_{dataset}_model_table", mod.set_index(["truth_mode", "model", "method"]).round(4), display=False)
+    glue(f"abl_{dataset}_model_table", model_tables[0], display=False)
 
 # %% [markdown]
 # ## Table 5 layout
 #
 # One row per setting as in the paper (model, phase, strategy, epochs), DSA and
 # TKFT only, on the subset of questions and training samples, mean
-# `wd_scaled_mean` per truth mode; TS and the noise floor
+# WD/(K−1) per truth mode; TS and the noise floor
 # (which do not depend on the setting) as reference rows.
 
 # %%
+t5 = robustness.table5(runs)
+results.write_table(t5.reset_index(), out / "table5.csv", prov)
+t5_shown = t5.reset_index().rename(columns={"phase": "Phase", "epochs": "Phase 1 epochs",
+                                            **{m: f"WD/(K−1), {report.TRUTH_LABELS.get(m, m)}" for m in modes}})
+t5_table = report.table(t5_shown, caption="The paper's Table 5 layout (mean over questions and seeds)",
+                        notes=["Phase 1 is TKFT, 1+2 is DSA; the reference rows are TS and the noise floor."])
+display(t5_table)
+glue(f"abl_{dataset}_table5", t5_table, display=False)
 ft = runs[runs.method.isin(["TKFT", "DSA"]) & (runs.part != "phase")].drop_duplicates(
     ["truth_mode", "question", "seed", "method", "model", "strategy", "epochs"])
-t5 = ft.assign(phase=ft.method.map(robustness.PHASES)).pivot_table(
-    index=["model", "phase", "strategy", "epochs"], columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
-refs = runs[runs.method.isin(["TS", "floor"]) & (runs.part == "selected")].pivot_table(
-    index="method", columns="truth_mode", values="wd_scaled_mean", aggfunc="mean")
-refs.index = pd.MultiIndex.from_tuples([("reference", m, "-", "-") for m in refs.index], names=t5.index.names)
-t5 = pd.concat([t5, refs])
-results.write_table(t5.reset_index(), out / "table5.csv", prov)
-display(t5.round(4))
-glue(f"abl_{dataset}_table5", t5.round(4), display=False)
-fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 3.8), squeeze=False)
 labelled = ft.assign(setting=ft.model + " / " + ft.strategy + " / e=" + ft.epochs.astype(str))
-for ax, mode in zip(axes[0], modes):
-    sns.barplot(data=labelled[labelled.truth_mode == mode], y="setting", x="wd_scaled_mean", hue="method", ax=ax,
-                errorbar="sd")
+settings_shown = list(dict.fromkeys(labelled.setting))
+fig, axes = report.figure(len(modes), 1, height=max(3.0, 0.55 * len(settings_shown) + 1.2) * len(modes), sharex=True)
+for ax, mode in zip(axes[:, 0], modes):
+    part = labelled[labelled.truth_mode == mode]
+    y = np.arange(len(settings_shown))
+    for k, m in enumerate(["TKFT", "DSA"]):  # grouped horizontal bars, ± s.d. over runs
+        g = part[part.method == m].groupby("setting").wd_scaled_mean
+        ax.barh(y + (k - 0.5) * 0.38, [g.mean().get(st, np.nan) for st in settings_shown], height=0.38,
+                xerr=[g.std().get(st, np.nan) for st in settings_shown], color=report.method_color(m), label=m,
+                capsize=2)
     for name, ls in (("TS", "--"), ("floor", ":")):
         v = runs[(runs.method == name) & (runs.truth_mode == mode) & (runs.part == "selected")].wd_scaled_mean.mean()
-        ax.axvline(v, color="k", ls=ls, lw=0.9, label=name)
-    ax.set_title(f"{mode} truth")
-    ax.set_xlabel("WD / (K-1), mean over subgroups")
-    ax.set_ylabel("")
-    ax.legend(fontsize=7)
-plt.tight_layout()
+        ax.axvline(v, color="black", ls=ls, lw=1.2, label=name if name == "TS" else "noise floor")
+    ax.set_yticks(y, settings_shown)
+    ax.invert_yaxis()
+    ax.set_title(f"truth: {report.TRUTH_LABELS.get(mode, mode)}")
+axes[-1][0].set_xlabel("WD/(K−1), mean over subgroups")
+report.legend_outside(fig, where="below", ncol=4)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "ablations.png")
 glue(f"abl_{dataset}_fig", fig, display=False)
-results.show()
+results.show(fig)
 
 # %%
 stores = [str(experiments.store_dir_for(default_cfg, m, store_root, survey)) for m in modes]  # the subset runs share them
@@ -270,5 +298,5 @@ meta = results.write_metadata(out, study="ablations", params=cfg.to_params(), op
 # | 32B | 1+2 | LastLayer | 0.105 |
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

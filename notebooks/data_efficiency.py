@@ -46,16 +46,15 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
+from matplotlib.patches import Patch
 from myst_nb import glue
 
-from dsalib import config, efficiency, experiments, methods as method_registry, results, study
+from dsalib import config, efficiency, experiments, methods as method_registry, report, results, study
 
-sns.set_theme(style="whitegrid")
+report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
@@ -146,33 +145,50 @@ prov_curve = {**prov, "seeds": " ".join(str(s) for s in curve_seeds)}
 results.write_table(results.scalar_columns(ref), out / "reference_results.csv", prov)
 results.write_table(results.scalar_columns(ts), out / "ts_grid_results.csv", prov_ts)
 results.write_table(results.scalar_columns(across), out / "across_sizes_results.csv", prov_curve)
-results.write_metadata(out, study="data_efficiency", params=cfg.to_params(), option_rule=option_rule, computed=pending,
-                       data=survey.describe(), stage_seconds=stage_seconds,
-                       stores=sorted({str(experiments.store_dir_for(ref_cfg.replace(n=s), m, store_root, survey))
-                                      for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
+meta = results.write_metadata(out, study="data_efficiency", params=cfg.to_params(), option_rule=option_rule,
+                              computed=pending,
+                              data=survey.describe(), stage_seconds=stage_seconds,
+                              stores=sorted({str(experiments.store_dir_for(ref_cfg.replace(n=s), m, store_root, survey))
+                                             for s in set(ts_sizes) | set(curve_sizes) | {n} for m in modes}))
 
 # %% [markdown]
 # ## The TS curve
 #
 # Mean error of TS over the questions of the reference comparison, per
-# training size and truth mode; `seed_sd` is the sample-to-sample standard
-# deviation (mean over questions). The noise floor is the error of a
-# same-size bootstrap of each truth subgroup against itself, at the
-# reference size.
+# training size and truth mode, ± the sample-to-sample standard deviation
+# (mean over questions). The noise floor is the error of a same-size bootstrap
+# of each truth subgroup against itself, at the reference size.
+#
+# **Why the curve can rise at small sizes.** A subgroup with no respondent in a
+# small training sample gets the pooled answer distribution of the whole sample
+# (TS's fallback). The smallest samples leave many subgroups absent, so their
+# pooled predictions are smooth and not far from most subgroups; a slightly
+# larger sample fills some of those subgroups with one or two respondents, whose
+# distributions are much noisier. The mean error can therefore go up before it
+# goes down. The TS-equivalent sizes below use the curve's running minimum, so
+# a rise is read as flat, never as two sizes with the same error.
 
 # %%
 curve_ref = efficiency.ts_curve(ts, metric, qs)
 results.write_table(curve_ref.assign(questions_used=", ".join(qs)), out / "ts_curve.csv", prov_ts)
-display(curve_ref.pivot(index="n", columns="truth_mode", values="error").round(4))
+curve_wide = pd.DataFrame({"training size": sorted(set(curve_ref.n))})
+for mode in modes:
+    c = curve_ref[curve_ref.truth_mode == mode].set_index("n")
+    curve_wide[f"TS {report.column_label(metric)}, {report.TRUTH_LABELS[mode]}"] = [
+        report.mean_sd(c.error.get(k), c.seed_sd.get(k)) for k in curve_wide["training size"]]
+display(report.table(curve_wide, caption=f"The TS curve ({ts_n_seeds} samples per size, ± s.d. over samples)"))
 rises = efficiency.curve_rises(curve_ref)
-display(Markdown("Where the TS curve is higher than at a smaller size (the comparison uses its running minimum, "
-                 "so it is flat there): " + ("; ".join(f"{r.truth_mode} truth {r.n_to} vs {r.n_from} (+{r.rise:.4f})"
-                                               for r in rises.itertuples()) or "nowhere; the curve falls throughout")))
+rise_text = ("Where the TS curve is higher than at a smaller size (read as flat): "
+             + ("; ".join(f"{report.TRUTH_LABELS[r.truth_mode]} truth, n = {r.n_to:,} against n = {r.n_from:,} "
+                          f"(+{report.format_number(r.rise)})" for r in rises.itertuples())
+                or "nowhere; the curve falls throughout") + ".")
+display(Markdown(rise_text))
+glue(f"de_{dataset}_ts_rises_text", rise_text, display=False)
 for mode in modes:
     glue(f"de_{dataset}_{mode}_ts_rises", int((rises.truth_mode == mode).sum()), display=False)
 floor_ref = ref[ref.method == "floor"].groupby("truth_mode")[metric].mean()
 display(Markdown("Noise floor at the reference size: "
-                 + ", ".join(f"{m} truth {v:.4f}" for m, v in floor_ref.items())))
+                 + ", ".join(f"{report.TRUTH_LABELS[m]} truth {report.format_number(v)}" for m, v in floor_ref.items())))
 for mode in modes:
     c = curve_ref[curve_ref.truth_mode == mode]
     glue(f"de_{dataset}_{mode}_ts_first", float(c.error.iloc[0]), display=False)
@@ -187,86 +203,97 @@ glue(f"de_{dataset}_questions", ", ".join(qs), display=False)
 # ## TS-equivalent size and data saving at the reference size (paper Fig. 3)
 #
 # One row per method and truth mode: the method's error at `n`, the TS size
-# that reaches it, and the saving `1 - n / n_TS`. `status` says whether the
+# that reaches it, and the saving `1 - n / n_TS`. The last column says whether the
 # size was interpolated inside the TS grid or is only bounded (the method
-# beats TS at every grid size, or is worse than TS at the smallest). The
-# `floor` row is the truth's own noise (no method): its TS-equivalent size
-# says how large a TS sample would be as close to the truth as the truth's
+# beats TS at every grid size, or is worse than TS at the smallest: then it saves
+# no data). The `floor` row is the truth's own noise (no method): its TS-equivalent
+# size says how large a TS sample would be as close to the truth as the truth's
 # bootstrap; it has no saving.
 
 # %%
 equiv = efficiency.equivalent_sizes(ref, ts, metric)
 equiv[["ts_equivalent", "saving_text"]] = equiv.apply(efficiency.describe_equivalent, axis=1, result_type="expand")
 results.write_table(equiv, out / "equivalent_sizes.csv", prov)
-show_cols = ["error", "seed_sd", "ts_equivalent", "saving_text", "status"]
 for mode in modes:
-    t = equiv[equiv.truth_mode == mode].set_index("method")
-    display(Markdown(f"**{mode} truth** (n = {n}; TS grid {t.ts_grid.iloc[0]})"))
-    display(t[show_cols].round(4))
-    glue(f"de_{dataset}_{mode}_equiv_table", t[show_cols].round(4), display=False)
-    for m, row in t.iterrows():
+    t = equiv[equiv.truth_mode == mode]
+    shown = pd.DataFrame({"method": t.method,
+                          report.column_label(metric): [report.mean_sd(e, sd) for e, sd in zip(t.error, t.seed_sd)],
+                          "TS-equivalent n": t.ts_equivalent, "data saving": t.saving_text,
+                          "how the size was found": t.status})
+    tbl = report.table(shown, caption=f"Truth: {report.TRUTH_LABELS[mode]}. Methods at n = {n} against the TS curve "
+                                      f"(grid {t.ts_grid.iloc[0]}); error ± s.d. over training samples")
+    display(tbl)
+    glue(f"de_{dataset}_{mode}_equiv_table", tbl, display=False)
+    for m, row in t.set_index("method").iterrows():
         glue(f"de_{dataset}_{mode}_{m}_error", float(row["error"]), display=False)
         glue(f"de_{dataset}_{mode}_{m}_equiv", row["ts_equivalent"], display=False)
         glue(f"de_{dataset}_{mode}_{m}_saving", row["saving_text"], display=False)
         glue(f"de_{dataset}_{mode}_{m}_status", row["status"], display=False)
 outside = equiv[(equiv.status != efficiency.WITHIN) & (equiv.method != "floor")]
 display(Markdown("Outside the TS grid (bounds only): "
-                 + ("; ".join(f"{r.method} ({r.truth_mode}): {r.status}" for r in outside.itertuples()) or "none")))
+                 + ("; ".join(f"{r.method} ({report.TRUTH_LABELS[r.truth_mode]}): {r.status}"
+                              for r in outside.itertuples()) or "none")))
 
 # %%
-fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.2), squeeze=False)
-palette = dict(zip([m for m in methods if m != "TS"], sns.color_palette("tab10", len(methods))))
+fig, axes = report.figure(1, len(modes), height=4.6, sharey=True)
+grid_min, grid_max = min(ts_sizes), max(ts_sizes)
 for ax, mode in zip(axes[0], modes):
     c = curve_ref[curve_ref.truth_mode == mode]
-    ax.plot(c.n, c.error, "k-o", ms=3, label=f"TS ({ts_n_seeds} samples per size)")
-    ax.fill_between(c.n, c.error - c.seed_sd, c.error + c.seed_sd, color="k", alpha=0.12)
+    ax.plot(c.n, c.error, color=report.method_color("TS"), marker="o", ms=3, label=f"TS curve ({ts_n_seeds} samples)")
+    ax.fill_between(c.n, c.error - c.seed_sd, c.error + c.seed_sd, color=report.method_color("TS"), alpha=0.2)
     t = equiv[equiv.truth_mode == mode].set_index("method")
-    for m in [m for m in methods if m != "TS"] + ["floor"]:
-        if m not in t.index:
+    for m in t.index:  # each method as one marker: at its TS-equivalent size, or at the grid's edge for a bound
+        r = t.loc[m]
+        if m == "floor":
+            ax.axhline(r.error, color="black", ls=":", lw=1.2, label=f"noise floor at n = {n}")
             continue
-        style = dict(color="grey", ls=":") if m == "floor" else dict(color=palette[m], ls="--")
-        ax.axhline(t.loc[m, "error"], lw=1, label=f"{m} at n = {n}", **style)
-        if t.loc[m, "status"] == efficiency.WITHIN:
-            ax.plot([t.loc[m, "ts_equivalent_n"]], [t.loc[m, "error"]], "o", ms=5, color=style["color"])
-    ax.set_xlabel("TS training size")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{mode} truth")
-axes[0][-1].legend(fontsize=7, loc="best", ncol=2, framealpha=0.8)
-fig.suptitle(f"TS curve and each method's error at n = {n} ({dataset}, questions {', '.join(qs)})", y=1.02)
-plt.tight_layout()
+        if m == "TS":
+            continue
+        x, marker = {efficiency.WITHIN: (r.ts_equivalent_n, "o"), efficiency.BEYOND: (grid_max, ">"),
+                     efficiency.BELOW: (grid_min, "<")}[r.status]
+        ax.plot([x], [r.error], marker=marker, ms=8, ls="", color=report.method_color(m),
+                markeredgecolor="black", markeredgewidth=0.5, label=m)
+    ax.axvline(n, color="0.4", lw=1, ls="--", label=f"data used (n = {n})")
+    report.log_axis(ax, ts_sizes)
+    ax.set_xlabel("TS training size (log scale)")
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")
+report.legend_outside(fig, where="below", ncol=4)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "ts_curve.png")
 glue(f"de_{dataset}_ts_fig", fig, display=False)
-results.show()
+results.show(fig)
 
 # %%
-bar = equiv[equiv.method != "floor"].copy()
+bar = equiv[~equiv.method.isin(["floor", "TS"])].copy()
 bar["shown_n"] = np.where(bar.status == efficiency.WITHIN, bar.ts_equivalent_n, bar.bound)
-fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.0), squeeze=False)
+fig, axes = report.figure(1, len(modes), height=4.4, sharey=True)
 for ax, mode in zip(axes[0], modes):
-    b = bar[bar.truth_mode == mode].reset_index(drop=True)
-    colors = ["#4c72b0" if s == efficiency.WITHIN else "#dddddd" for s in b.status]
-    hatches = ["" if s == efficiency.WITHIN else "//" for s in b.status]
-    bars = ax.bar(b.method, b.shown_n, color=colors, edgecolor="k", lw=0.5)
-    for rect, h, label in zip(bars, hatches, b.ts_equivalent):
-        rect.set_hatch(h)
-        ax.annotate(label, (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center", va="bottom",
-                    fontsize=7)
-    ax.axhline(n, color="crimson", lw=1, ls="--", label=f"data used (n = {n})")
-    ax.set_ylabel("TS-equivalent training size")
-    ax.set_title(f"{mode} truth (hatched: bound, outside the TS grid)")
-    ax.tick_params(axis="x", rotation=35)
-    ax.legend(fontsize=7)
-plt.tight_layout()
+    b = bar[bar.truth_mode == mode].set_index("method").loc[lambda d: report.method_order(d.index)].reset_index()
+    x = np.arange(len(b))
+    bars = ax.bar(x, b.shown_n, color=[report.method_color(m) for m in b.method], edgecolor="black", lw=0.5)
+    for rect, status in zip(bars, b.status):
+        if status != efficiency.WITHIN:
+            rect.set_hatch("//")
+            rect.set_alpha(0.55)
+    ax.axhline(n, color="black", lw=1, ls="--", label=f"data used (n = {n})")
+    ax.set_xticks(x, b.method, rotation=35)
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+axes[0][0].set_ylabel("TS-equivalent training size")
+handles, labels = axes[0][0].get_legend_handles_labels()
+report.legend_outside(fig, where="below", handles=handles + [Patch(facecolor="white", edgecolor="black", hatch="//")],
+                      labels=labels + ["bound: outside the TS grid"])
+report.check_fits_column(fig)
 results.write_figure(fig, out / "equivalent_sizes.png")
 glue(f"de_{dataset}_equiv_fig", fig, display=False)
-results.show()
+results.show(fig)
 
 # %% [markdown]
 # ## Error across training sizes (paper Fig. 6)
 #
 # A few methods at several training sizes on the questions and samples named
 # in the parameters (fewer than at the reference size: these runs train the
-# language model at every size). The grey line is the TS grid on the same
+# language model at every size). The wide grey line is the TS grid on the same
 # questions (all its samples); each row also gets its TS-equivalent size and
 # saving at its own training size.
 
@@ -276,15 +303,20 @@ by_size[["ts_equivalent", "saving_text"]] = by_size.apply(efficiency.describe_eq
 results.write_table(by_size, out / "errors_by_size.csv", prov_curve)
 for mode in modes:
     t = by_size[by_size.truth_mode == mode]
-    display(Markdown(f"**{mode} truth**, questions {', '.join(cqs)}, samples {curve_seeds}: error"))
-    err = t.pivot(index="method", columns="n", values="error").loc[[m for m in curve_methods + ["floor"]
-                                                                    if m in set(t.method)]]
-    display(err.round(4))
-    sav = t.pivot(index="method", columns="n", values="saving_text").loc[[m for m in curve_methods if m in set(t.method)]]
-    display(Markdown("TS-equivalent data saving at each size:"))
-    display(sav)
-    glue(f"de_{dataset}_{mode}_size_table", err.round(4), display=False)
-    glue(f"de_{dataset}_{mode}_size_saving_table", sav, display=False)
+    err = t.assign(cell=[report.mean_sd(e, sd) for e, sd in zip(t.error, t.seed_sd)]).pivot(
+        index="method", columns="n", values="cell")
+    err.columns = [f"n = {c:,}" for c in err.columns]
+    err_table = report.table(err.rename_axis("method").reset_index(),
+                             caption=f"Truth: {report.TRUTH_LABELS[mode]}. {report.column_label(metric)} by training "
+                                     f"size (questions {', '.join(cqs)}; ± s.d. over {len(curve_seeds)} samples)")
+    sav = t[t.method != "floor"].pivot(index="method", columns="n", values="saving_text")
+    sav.columns = [f"n = {c:,}" for c in sav.columns]
+    sav_table = report.table(sav.rename_axis("method").reset_index(),
+                             caption=f"Truth: {report.TRUTH_LABELS[mode]}. Data saving against the TS curve at each size")
+    display(err_table)
+    display(sav_table)
+    glue(f"de_{dataset}_{mode}_size_table", err_table, display=False)
+    glue(f"de_{dataset}_{mode}_size_saving_table", sav_table, display=False)
     for row in t.itertuples():
         glue(f"de_{dataset}_{mode}_{row.method}_n{row.n}_error", float(row.error), display=False)
         glue(f"de_{dataset}_{mode}_{row.method}_n{row.n}_saving", row.saving_text, display=False)
@@ -293,25 +325,24 @@ glue(f"de_{dataset}_curve_seeds", len(curve_seeds), display=False)
 
 # %%
 curve_cq = efficiency.ts_curve(ts, metric, cqs)
-fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.2), squeeze=False)
+fig, axes = report.figure(1, len(modes), height=4.6, sharey=True)
 for ax, mode in zip(axes[0], modes):
     c = curve_cq[curve_cq.truth_mode == mode]
-    ax.plot(c.n, c.error, color="grey", lw=3, alpha=0.5, label=f"TS grid ({ts_n_seeds} samples)")
+    ax.plot(c.n, c.error, color="0.6", lw=4, alpha=0.6, label=f"TS grid ({ts_n_seeds} samples)")
     t = by_size[by_size.truth_mode == mode]
-    for m in curve_methods + ["floor"]:
+    for m in report.method_order(t.method):  # a line joins one method's sizes (an ordered axis)
         d = t[t.method == m].sort_values("n")
-        if len(d):
-            ax.errorbar(d.n, d.error, yerr=d.seed_sd, marker="o", ms=4, capsize=2, lw=1.2,
-                        ls=":" if m == "floor" else "-", label=m)
-    ax.set_xlabel("training size n")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{mode} truth")
-axes[0][-1].legend(fontsize=7)
-fig.suptitle(f"Error across training sizes ({dataset}, {', '.join(cqs)}, {len(curve_seeds)} samples)", y=1.02)
-plt.tight_layout()
+        ax.errorbar(d.n, d.error, yerr=d.seed_sd, marker="o", ms=4, capsize=2, lw=1.4, color=report.method_color(m),
+                    ls=":" if m == "floor" else "-", label="noise floor" if m == "floor" else m)
+    report.log_axis(ax, sorted(set(c.n) | set(t.n)))
+    ax.set_xlabel("training size n (log scale)")
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")
+report.legend_outside(fig, where="below", ncol=4)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "errors_by_size.png")
 glue(f"de_{dataset}_sizes_fig", fig, display=False)
-results.show()
+results.show(fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only
@@ -327,5 +358,5 @@ results.show()
 # numbers are not comparable one to one.
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

@@ -30,18 +30,14 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, experiments, methods as method_registry, results, study
+from dsalib import config, diagnostics, experiments, methods as method_registry, report, results, study
 
-from matplotlib_inline.backend_inline import set_matplotlib_formats
-
-set_matplotlib_formats("png")  # figures display (and glue) as PNG under the headless Agg backend
-sns.set_theme(style="whitegrid")
+report.style()
+results.use_png_figures()  # figures display (and glue) as PNG under the headless Agg backend
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -101,65 +97,96 @@ meta = results.write_metadata(out, study="enhancement", params=cfg.to_params(),
 # %% [markdown]
 # ## The table: mean over questions and training samples
 #
-# JSD is the divergence (natural log); WD is Wasserstein-1 on option positions
-# 0..K-1 (`wd_mean`) and divided by K-1 (`wd_scaled_mean`); both are unweighted
-# means over evaluated subgroups. One block per truth mode; `floor` is the
-# noise floor.
+# JSD is the divergence (natural log); WD/(K−1) is Wasserstein-1 on option
+# positions 0..K-1 divided by K-1; both are unweighted means over evaluated
+# subgroups, then over questions; the ± is the standard deviation over training
+# samples (seeds). One table per truth mode; `floor` is the noise floor. The
+# spread column says how far a method's subgroup predictions are from their
+# size-weighted mean (mean JSD; 0 when every subgroup gets the same prediction),
+# beside the truth's own spread over the same subgroups.
 
 # %%
 table = experiments.summary_table(res, by=["truth_mode"])
 results.write_table(table.reset_index(), out / "summary.csv", prov)
-display(table.round(4))
+spreads = diagnostics.spread_table(per, by=["truth_mode"]).reset_index()
+results.write_table(spreads, out / "spread.csv", prov)
 for (mode, m), row in table.iterrows():
     glue(f"enh_{dataset}_{mode}_{m}_jsd", float(row["jsd_mean"]), display=False)
     glue(f"enh_{dataset}_{mode}_{m}_wd", float(row["wd_scaled_mean"]), display=False)
 for mode in modes:
-    glue(f"enh_{dataset}_{mode}_table", table.loc[mode].round(4), display=False)
+    t = report.method_table(res[res.truth_mode == mode], ("jsd_mean", "wd_scaled_mean"), by=None)
+    sp = spreads[spreads.truth_mode == mode].set_index("method")
+    t["Spread of predictions"] = [sp.spread.get(m) for m in t.index]
+    t["Spread / truth's"] = [sp.ratio.get(m) for m in t.index]
+    tbl = report.table(t, caption=f"Truth: {report.TRUTH_LABELS[mode]}. Mean over {len(qs)} question(s), "
+                                  f"± s.d. over {len(seeds)} training sample(s)",
+                       missing="not defined for the noise floor (it predicts nothing)",
+                       notes=[f"The truth's spread over the same subgroups: "
+                              f"{report.format_number(float(sp.truth_spread.mean()))} (mean JSD to the size-weighted "
+                              f"mean distribution)."])
+    display(tbl)
+    glue(f"enh_{dataset}_{mode}_table", tbl, display=False)
 glue(f"enh_{dataset}_n_respondents", int(survey.n_respondents), display=False)
 glue(f"enh_{dataset}_questions", ", ".join(qs), display=False)
 
+# %% [markdown]
+# The findings in words (JSD, mean over questions and training samples):
+
+# %%
+sentences = []
+jsd = table["jsd_mean"]
+for mode in modes:
+    pairs = [(a, b) for a, b in (("DSA", "TKFT"), ("DSA", "TS"), ("DSA", "MNL"), ("TKFT", "MNL"), ("EB-DSA", "EB-MNL"))
+             if (mode, a) in jsd.index and (mode, b) in jsd.index]
+    for a, b in pairs:
+        sentences.append(f"{report.TRUTH_LABELS[mode]} truth: " + report.versus(a, jsd[(mode, a)], b, jsd[(mode, b)]))
+glue(f"enh_{dataset}_findings", "; ".join(sentences) + "." if sentences else "no pair of methods to compare.",
+     display=False)
+display(Markdown("\n".join(f"- {t}" for t in sentences)))
+
 # %%
 per_q = res.pivot_table(index=["truth_mode", "question"], columns="method", values="jsd_mean", aggfunc="mean")
-display(per_q.round(4))
-order = [m for m in table.loc[modes[0]].index]
-grid = sns.catplot(data=res, x="method", y="jsd_mean", col="truth_mode", kind="bar", order=order, errorbar="sd",
-                   color="#4c72b0", height=3.5, aspect=1.4)
-grid.set_axis_labels("", "mean JSD over subgroups")
-grid.figure.suptitle(f"Enhancement on {dataset} (n = {n}, {len(qs)} questions x {len(seeds)} samples)", y=1.03)
-for ax in grid.axes.flat:
-    ax.tick_params(axis="x", rotation=35)
-results.write_figure(grid.figure, out / "jsd_by_method.png")
-glue(f"enh_{dataset}_fig", grid.figure, display=False)
-display(grid.figure)
-plt.close(grid.figure)
+per_q = per_q[report.method_order(per_q.columns)].reset_index()
+display(report.table(per_q, caption="JSD per question (mean over training samples)", max_rows=12))
+fig, axes = report.figure(1, len(modes), height=4.6, sharey=True)
+for ax, mode in zip(axes[0], modes):
+    s = report.seed_summary(res[res.truth_mode == mode], "jsd_mean", by=["method"])
+    report.method_points(ax, s, "jsd_mean", "jsd_mean_sd", xlabel="JSD, mean ± s.d. over seeds")
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+report.check_fits_column(fig)
+results.write_figure(fig, out / "jsd_by_method.png")
+glue(f"enh_{dataset}_fig", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## Example distributions of small subgroups (paper appendix A, Fig. 8)
 #
-# The two smallest evaluated subgroups of the first question and seed (full
-# truth): the truth (dashed) against each method's prediction.
+# The two smallest evaluated subgroups of the first question and seed (first
+# truth mode): the truth (hatched) against each method's prediction, per answer option.
 
 # %%
 first = per[(per.question == qs[0]) & (per.seed == list(seeds)[0]) & (per.truth_mode == modes[0])]
 truth = first[first.method == "floor"].sort_values("n").head(2)
-show = [m for m in ["TS", "MNL", "Direct", "TKFT", "DSA", "EB-DSA"] if m in set(first.method)]
-fig, axes = plt.subplots(1, len(truth), figsize=(5 * len(truth), 3.2), squeeze=False)
-for ax, (_, t) in zip(axes[0], truth.iterrows()):
-    tcols = sorted([c for c in first.columns if c.startswith("truth_") and c.split("_")[1].isdigit()
-                    and pd.notna(t[c])], key=lambda c: int(c.split("_")[1]))
-    ax.plot(range(len(tcols)), t[tcols].to_numpy(float), "k--", label="truth")
+show = [m for m in ["TS", "MNL", "TKFT", "DSA", "EB-DSA"] if m in set(first.method)]
+labels = survey.question(qs[0]).option_labels
+fig, axes = report.figure(len(truth), 1, height=3.6 * len(truth))
+for ax, (_, t) in zip(axes[:, 0], truth.iterrows()):
+    tcols = [f"truth_{i}" for i in range(len(labels))]
+    dists = {"truth": t[tcols].to_numpy(float)}
     for m in show:
         row = first[(first.method == m) & (first.subgroup == t.subgroup)].iloc[0]
-        pcols = [c.replace("truth_", "pred_") for c in tcols]
-        ax.plot(range(len(pcols)), row[pcols].to_numpy(float), marker="o", ms=3, label=f"{m} (JSD {row.jsd:.3f})")
-    ax.set_title(f"{t.subgroup}\n(truth n = {int(t.n)}, training n = {int(t.train_n)})", fontsize=8)
-    ax.set_xlabel("option position")
-axes[0][0].legend(fontsize=7)
-plt.tight_layout()
+        dists[m] = row[[c.replace("truth_", "pred_") for c in tcols]].to_numpy(float)
+    short = [str(x).split(" (")[0] for x in labels]  # "0 (Bad for the economy)" -> "0"; the full labels below
+    report.option_bars(ax, dists, short, xlabel="", ylabel="share")
+    ax.set_title(f"{t.subgroup} (truth n = {int(t.n)}, training n = {int(t.train_n)})")
+    ax.tick_params(axis="x", rotation=20 if max(len(x) for x in short) > 8 else 0)
+axes[-1][0].set_xlabel(f"answer option of {qs[0]}" + (f" ({labels[0]} … {labels[-1]})" if short != list(map(str, labels))
+                                                      else ""))
+report.legend_outside(fig, where="below", ncol=6)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "small_subgroups.png")
 glue(f"enh_{dataset}_small_fig", fig, display=False)
-display(fig)
-plt.close(fig)
+results.show(fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only
@@ -171,5 +198,5 @@ plt.close(fig)
 # and the numbers are not comparable one to one.
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

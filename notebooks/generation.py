@@ -42,16 +42,15 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, generation, results, study
+from dsalib import config, generation, report, results, study
 from dsalib.errors import DataFileNotFound
 
-sns.set_theme(style="whitegrid")
+report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
@@ -107,7 +106,7 @@ display(Markdown(
     f"({len(split.test_rows):,} respondents), training population {len(split.train_rows):,} respondents; "
     f"{len(split.train_questions)} training and {len(split.test_questions)} unseen questions; "
     f"about {n_prompts:,} distinct prompts."))
-display(sizes)
+display(report.table(sizes, caption="Size of each part of the split"))
 
 # %% [markdown]
 # **Why this size.** The cost of a run is dominated by the frozen-prefix pass,
@@ -152,38 +151,71 @@ meta = results.write_metadata(out, study="generation", params=cfg.to_params(),
 table = generation.summary_table(res)
 results.write_table(table.set_axis([f"{m}|{s}" for m, s in table.columns], axis=1).reset_index(),
                     out / "summary.csv", prov)
-display(table.round(4))
 key = f"gen_{dataset}"
 for m, row in table.iterrows():
     for (metric, s), v in row.items():
         if pd.notna(v):
             glue(f"{key}_{s}_{m.replace('-', '_')}_{'wd' if metric.startswith('wd') else 'jsd'}", float(v), display=False)
-glue(f"{key}_table", table.round(4), display=False)
+shown = {}
+for metric in ("wd_scaled_mean", "jsd_mean"):  # one table per measure: splits as columns, mean ± s.d. over seeds
+    t = report.method_table(res, (metric,), by="split")
+    t = t[[f"{report.column_label(metric)}, {s}" for s in generation.SPLITS if f"{report.column_label(metric)}, {s}" in t]]
+    t.columns = [c.split(", ")[1] for c in t.columns]
+    t["mean of the splits"] = [report.format_number(v) if pd.notna(v) else np.nan
+                               for v in table[(metric, "Avg")].reindex(t.index)]
+    shown[metric] = report.table(
+        t, caption=f"{report.column_label(metric)} by test split (mean over test questions, ± s.d. over seeds)",
+        missing="the reference is not defined on this split (and so has no mean over the splits)",
+        notes=["QMean needs unseen questions (NewQ, Both); TS-drop and MNL-drop need the training questions (NewP)."])
+    display(shown[metric])
+glue(f"{key}_table", shown["wd_scaled_mean"], display=False)
+glue(f"{key}_table_jsd", shown["jsd_mean"], display=False)
 glue(f"{key}_heldout", f"{heldout_attribute} = {', '.join(heldout_levels)}", display=False)
 glue(f"{key}_train_questions", ", ".join(split.train_questions), display=False)
 glue(f"{key}_test_questions", ", ".join(split.test_questions), display=False)
 glue(f"{key}_n_respondents", int(survey.n_respondents), display=False)
 glue(f"{key}_n_prompts", int(n_prompts), display=False)
-ft = res[res.method.isin(["TKFT", "DSA"])].drop_duplicates("method").set_index("method")
-for m, row in ft.iterrows():
-    glue(f"{key}_{m}_epochs", int(row["phase1_epochs"]), display=False)
-if "DSA" in ft.index:
-    glue(f"{key}_DSA_phase2_kept", str(ft.loc["DSA", "phase2_outcome"] == "run"), display=False)
-display(ft[[c for c in ["phase1_epochs", "phase2_outcome", "phase2_pairs", "train_prompts", "fit_seconds"] if c in ft]])
+fits = res[res.method.isin(["TKFT", "DSA"])].drop_duplicates(["method", "seed"])
+for m, g in fits.groupby("method"):
+    glue(f"{key}_{m}_epochs", int(g.phase1_epochs.iloc[0]), display=False)
+if "DSA" in set(fits.method):
+    p2 = report.phase2_sentence(fits[fits.method == "DSA"].phase2_outcome)
+    glue(f"{key}_DSA_phase2_kept", p2, display=False)
+    display(Markdown(p2))
+display(report.table(fits[["method", "seed"] + [c for c in ["phase1_epochs", "phase2_outcome", "phase2_pairs",
+                                                                "train_prompts", "fit_seconds"] if c in fits]]
+                     .rename(columns={"phase1_epochs": "Phase 1 epochs", "phase2_outcome": "Phase 2",
+                                      "phase2_pairs": "Phase 2 pairs", "train_prompts": "training prompts"}),
+                     caption="The fine-tuned fits", missing="not applicable (TKFT has no Phase 2)"))
+jsd = table["jsd_mean"]
+findings_text = []
+for s, llm, ref in (("NewP", "DSA", "MNL-drop"), ("NewQ", "DSA", "QMean"), ("Both", "DSA", "QMean"),
+                    ("NewP", "DSA", "TKFT"), ("NewQ", "DSA", "TKFT")):
+    if llm in jsd.index and ref in jsd.index and pd.notna(jsd.loc[llm, s]) and pd.notna(jsd.loc[ref, s]):
+        findings_text.append(f"{s}: " + report.versus(llm, jsd.loc[llm, s], ref, jsd.loc[ref, s], "JSD"))
+if findings_text:
+    glue(f"{key}_findings", "; ".join(findings_text) + ".", display=False)
+    display(Markdown("\n".join(f"- {t}" for t in findings_text)))
 
 # %%
-per_q = res.pivot_table(index=["split", "question"], columns="method", values="jsd_mean")
-display(per_q.round(4))
-order = [m for m in table.index]
-grid = sns.catplot(data=res, x="method", y="jsd_mean", col="split", col_order=list(generation.SPLITS), kind="bar",
-                   order=order, errorbar=None, color="#4c72b0", height=3.5, aspect=1.3)
-grid.set_axis_labels("", "mean JSD over subgroups")
-grid.figure.suptitle(f"Generation on {dataset}: trained once, no adaptation", y=1.03)
-for ax in grid.axes.flat:
-    ax.tick_params(axis="x", rotation=40)
-results.write_figure(grid.figure, out / "jsd_by_split.png")
-glue(f"{key}_fig", grid.figure, display=False)
-results.show()
+per_q = res.pivot_table(index=["split", "question"], columns="method", values="jsd_mean", sort=False)
+per_q = per_q[report.method_order(per_q.columns)].reset_index()
+display(report.table(per_q, caption="JSD per test question (mean over seeds)", missing="not defined on this split",
+                     max_rows=12))
+order = report.method_order(table.index)
+fig, axes = report.figure(1, len(generation.SPLITS), height=4.2, sharey=True)
+summary = res.groupby(["split", "method"]).jsd_mean.mean()
+y = np.arange(len(order))  # one row per method on every panel; a method not defined on a split has no bar
+for ax, s in zip(axes[0], generation.SPLITS):
+    ax.barh(y, [summary.get((s, m), np.nan) for m in order], color=[report.method_color(m) for m in order])
+    ax.set_title(s)
+    ax.set_xlabel("mean JSD")
+axes[0][0].set_yticks(y, order)
+axes[0][0].invert_yaxis()
+results.write_figure(fig, out / "jsd_by_split.png")
+report.check_fits_column(fig)
+glue(f"{key}_fig", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## Accuracy on the unseen population, per held-out level (the analogue of Fig. 5)
@@ -196,12 +228,19 @@ results.show()
 unseen = per[per.split.isin(["NewP", "Both"])]
 by_pop = unseen.groupby(["split", "population", "method"], as_index=False)["jsd"].mean()
 results.write_table(by_pop, out / "unseen_population.csv", prov)
-grid = sns.catplot(data=by_pop, x="population", y="jsd", hue="method", hue_order=order, col="split",
-                   col_order=["NewP", "Both"], kind="bar", height=3.5, aspect=1.3)
-grid.set_axis_labels(heldout_attribute, "mean JSD over subgroups")
-results.write_figure(grid.figure, out / "unseen_population.png")
-glue(f"{key}_population_fig", grid.figure, display=False)
-results.show()
+fig, axes = report.figure(1, 2, height=4.0, sharey=True)
+for ax, s in zip(axes[0], ["NewP", "Both"]):
+    part = by_pop[by_pop.split == s]
+    levels = list(dict.fromkeys(part.population))
+    report.option_bars(ax, {m: part[part.method == m].set_index("population").jsd.reindex(levels).to_numpy()
+                            for m in report.method_order(part.method)}, levels,
+                       xlabel=heldout_attribute, ylabel="mean JSD over subgroups")
+    ax.set_title(s)
+report.legend_outside(fig, where="below", ncol=4)
+report.check_fits_column(fig)
+results.write_figure(fig, out / "unseen_population.png")
+glue(f"{key}_population_fig", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only
@@ -222,5 +261,5 @@ results.show()
 # `params/generation/wvs.yaml` runs the WVS split on the user's WVS file.
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

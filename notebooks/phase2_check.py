@@ -42,20 +42,15 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 import torch
 from IPython.display import display
-from matplotlib_inline.backend_inline import set_matplotlib_formats
 from myst_nb import glue
 
-from dsalib import config, known_truth, results, study
+from dsalib import config, known_truth, report, results, study
 
-set_matplotlib_formats("png")
-sns.set_theme(style="whitegrid", context="notebook")
-pd.set_option("display.precision", 4)
-pd.set_option("display.width", 180)
+report.style()
+results.use_png_figures()  # figures display (and glue) as PNG under the headless Agg backend
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -86,7 +81,8 @@ out_dir = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a tempor
 prov = results.provenance(seeds=[params["seed"]], data_source="synthetic factorised surveys (dsalib.known_truth)")
 torch.set_num_threads(2)
 key_numbers = {}
-pd.Series(params, name="value").to_frame()
+display(report.table(pd.DataFrame({"parameter": list(params), "value": list(params.values())}),
+                     caption="The parameters of this run", max_rows=30))
 
 # %% [markdown]
 # ## 1. Phase 2's targets, without a language model
@@ -109,20 +105,34 @@ diag1_summary = diag1.groupby(["per_subgroup", "interaction", "operator"])[
 results.write_table(errors1, out_dir / "targets_runs.csv", prov)
 results.write_table(summary1, out_dir / "targets.csv", prov)
 results.write_table(diag1_summary, out_dir / "targets_diagnostics.csv", prov)
-display(summary1)
-display(diag1_summary)
+display(report.table(summary1, caption="Mean JSD to the truth (Phase 2's targets without a language model)",
+                     max_rows=16))
+display(report.table(diag1_summary, caption="Diagnostics of the targets, mean over tables", max_rows=16))
 
 # %%
-g = sns.relplot(data=errors1[errors1.method != "MNL"].assign(
-    curve=lambda d: d.method.where(d.method == "TS", d.method + " " + d.operator)),
-    x="per_subgroup", y="jsd_mean", hue="curve", col="interaction", kind="line", marker="o",
-    errorbar=None, height=3.4, aspect=1.1)
-g.set(xscale="log", yscale="log", xlabel="training respondents per subgroup (mean)", ylabel="JSD to the truth")
-g.figure.suptitle("Phase 2 reaching its targets exactly, from a Phase 1 that fits the sample", y=1.04)
-results.write_figure(g.figure, out_dir / "targets.png")
-glue("phase2_check_fig_targets", g.figure, display=False)
-display(g.figure)
-plt.close(g.figure)
+curves = errors1[errors1.method != "MNL"].assign(
+    curve=lambda d: d.method.where(d.method == "TS", d.method + " " + d.operator))
+mean_curves = curves.groupby(["interaction", "curve", "per_subgroup"], as_index=False).jsd_mean.mean()
+inters = list(dict.fromkeys(mean_curves.interaction))
+# TS in its colour; each ideal Phase 2 in the colour of its operator's pooled transfer
+colour = {c: report.method_color("TS") if c == "TS" else report.method_color(f"{c.split()[-1]}_pooled")
+          for c in mean_curves.curve.unique()}
+fig, axes = report.figure(1, len(inters), height=4.2, sharey=True)
+for ax, inter in zip(axes[0], inters):
+    d = mean_curves[mean_curves.interaction == inter]
+    for c in sorted(d.curve.unique()):  # a line joins one curve's sizes (an ordered axis)
+        dc = d[d.curve == c].sort_values("per_subgroup")
+        ax.plot(dc.per_subgroup, dc.jsd_mean, marker="o", color=colour[c], ls="-" if c == "TS" else "--", label=c)
+    report.log_axis(ax, params["per_subgroup"])
+    ax.set_yscale("log")
+    ax.set_xlabel("training respondents per subgroup (mean)")
+    ax.set_title(f"interaction {inter:g}")
+axes[0][0].set_ylabel("JSD to the truth")
+report.legend_outside(fig, where="below")
+report.check_fits_column(fig)
+results.write_figure(fig, out_dir / "targets.png")
+glue("phase2_check_fig_targets", fig, display=False)
+results.show(fig)
 
 # %%
 for _, r in summary1.iterrows():
@@ -160,8 +170,9 @@ if params["llm_per_subgroup"]:
     results.write_table(errors2, out_dir / "llm_runs.csv", prov2)
     results.write_table(summary2.reset_index(), out_dir / "llm.csv", prov2)
     results.write_table(diag2_table, out_dir / "llm_diagnostics.csv", prov2)
-    display(summary2)
-    display(diag2_table)
+    display(report.table(summary2[report.method_order(summary2.columns)].reset_index(),
+                         caption="Mean JSD to the truth with the embedded model"))
+    display(report.table(diag2_table, caption="Diagnostics of each fit", max_rows=12))
     for (per, inter), r in summary2.iterrows():
         tag = f"n{int(per)}_i{inter:g}".replace(".", "p")
         for m in ["TS", "MNL", "TKFT", *params["variants"]]:
@@ -181,4 +192,5 @@ meta_path = results.write_metadata(out_dir, study="phase2_check", params=params,
                                    tables=sorted(p.name for p in out_dir.path.glob("*.csv")),
                                    figures=sorted(p.name for p in out_dir.path.glob("*.png")))
 final_dir = out_dir.commit()  # the tables replace the output folder's previous ones as one set
-print(sorted(p.name for p in final_dir.iterdir()))
+display(report.table(key_table, caption="Key numbers", max_rows=20))
+print(", ".join(sorted(p.name for p in final_dir.iterdir())))

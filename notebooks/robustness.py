@@ -39,15 +39,14 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, experiments, methods as method_registry, results, robustness, study
+from dsalib import config, experiments, methods as method_registry, report, results, robustness, study
 
-sns.set_theme(style="whitegrid")
+report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
@@ -104,15 +103,7 @@ if any(method_registry.needs_model(m) for m in list(methods) + list(prompt_metho
     lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
                           seeds=seeds, n=n, metric=metric)
-per_frames, res_frames = [], []
-for size in dict.fromkeys([n] + list(sizes)):
-    c = cfg.run_config(n=size)
-    r = experiments.run_enhancement(c, lm=lm, store_root=store_root, survey=survey).assign(train_size=size)
-    p = experiments.load_per_subgroup_modes(c, store_root=store_root, survey=survey).assign(train_size=size)
-    res_frames.append(r)
-    per_frames.append(p)
-res = pd.concat(res_frames, ignore_index=True)
-per = pd.concat(per_frames, ignore_index=True)
+res, per = robustness.run_training_sizes(cfg, [n] + list(sizes), lm=lm, store_root=store_root, survey=survey)
 
 # %% [markdown]
 # ## Share of subgroups where each method beats TS
@@ -128,15 +119,24 @@ shares = robustness.better_than_reference(per, list(methods) + ["floor"], metric
 results.write_table(shares, out / "better_than_ts_runs.csv", prov)
 pooled = robustness.pool_shares(shares, by=["train_size", "truth_mode"])
 results.write_table(pooled, out / "better_than_ts.csv", prov)
-main = pooled[pooled.train_size == n].set_index(["truth_mode", "method"])
-display(main[["share", "better", "subgroups", "share_min", "share_max", "runs"]].round(3))
-for (mode, m), row in main.iterrows():
-    glue(f"rob_{dataset}_{mode}_{m}_better", float(row.share), display=False)
+main = pooled[pooled.train_size == n]
+better_cols = {"share": "share", "better": "better", "subgroups": "subgroups",
+               "share_min": "lowest share of one run", "share_max": "highest share of one run"}
 for mode in modes:
-    glue(f"rob_{dataset}_{mode}_better_table",
-         main.loc[mode][["share", "better", "subgroups", "share_min", "share_max"]].round(3), display=False)
+    part = main[main.truth_mode == mode][["method"] + list(better_cols)].rename(columns=better_cols)
+    tbl = report.table(part, shares=["share", "lowest share of one run", "highest share of one run"],
+                       caption=f"Truth: {report.TRUTH_LABELS[mode]}. Subgroups closer to the truth than TS "
+                               f"({report.column_label(metric)}), pooled over {len(qs)} question(s) x {len(seeds)} "
+                               f"training sample(s)",
+                       notes=["A run is one (question, training sample); floor: a same-size resample of the truth."])
+    display(tbl)
+    glue(f"rob_{dataset}_{mode}_better_table", tbl, display=False)
+for _, row in main.iterrows():
+    glue(f"rob_{dataset}_{row.truth_mode}_{row.method}_better", float(row.share), display=False)
 glue(f"rob_{dataset}_questions", ", ".join(qs), display=False)
 glue(f"rob_{dataset}_n_seeds", len(seeds), display=False)
+glue(f"rob_{dataset}_finding", robustness.better_sentence(main, modes[0], methods), display=False)
+display(Markdown(robustness.better_sentence(main, modes[0], methods)))
 
 # %% [markdown]
 # Per question (pooled over training samples), to see whether a method's
@@ -144,38 +144,66 @@ glue(f"rob_{dataset}_n_seeds", len(seeds), display=False)
 
 # %%
 by_q = robustness.pool_shares(shares[shares.train_size == n], by=["truth_mode", "question"])
-table_q = by_q.pivot_table(index=["truth_mode", "method"], columns="question", values="share")
 results.write_table(by_q, out / "better_than_ts_by_question.csv", prov)
-display(table_q.round(3))
 for mode in modes:
-    glue(f"rob_{dataset}_{mode}_better_by_question", table_q.loc[mode].round(3), display=False)
-order = [m for m in list(methods) + ["floor"] if m in set(by_q.method)]
-grid = sns.catplot(data=by_q, x="method", y="share", hue="question", col="truth_mode", kind="bar", order=order,
-                   height=3.4, aspect=1.3)
-for ax in grid.axes.flat:
-    ax.axhline(0.5, color="k", lw=0.8, ls=":")
+    wide = by_q[by_q.truth_mode == mode].pivot_table(index="method", columns="question", values="share", sort=False)
+    tbl = report.table(wide.reset_index(), shares=list(wide.columns),
+                       caption=f"Truth: {report.TRUTH_LABELS[mode]}. Share of subgroups closer to the truth than TS, "
+                               f"per question")
+    display(tbl)
+    glue(f"rob_{dataset}_{mode}_better_by_question", tbl, display=False)
+order = report.method_order(by_q.method)
+fig, axes = report.figure(1, len(modes), height=3.8, sharey=True)
+for ax, mode in zip(axes[0], modes):
+    pooled_m = main[main.truth_mode == mode].set_index("method").share
+    part = by_q[by_q.truth_mode == mode]
+    x = np.arange(len(order))
+    ax.bar(x, [pooled_m.get(m, np.nan) for m in order], color=[report.method_color(m) for m in order], width=0.7)
+    for i, m in enumerate(order):  # one dot per question: the spread behind the pooled bar
+        qv = part[part.method == m].share
+        ax.scatter(np.full(len(qv), i), qv, color="black", s=12, zorder=3, label="one question" if i == 0 else None)
+    ax.axhline(0.5, color="0.3", lw=1, ls=":", label="half of the subgroups")
     ax.set_ylim(0, 1)
-grid.set_axis_labels("", f"share of subgroups with lower {metric} than TS")
-grid.figure.suptitle(f"Better than the training sample on {dataset} (n = {n})", y=1.03)
-results.write_figure(grid.figure, out / "better_than_ts.png")
-glue(f"rob_{dataset}_better_fig", grid.figure, display=False)
-results.show()
+    ax.set_xticks(x, order, rotation=30)
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+axes[0][0].set_ylabel(f"share with lower {report.column_label(metric)} than TS")
+report.legend_outside(fig, where="below")
+report.check_fits_column(fig)
+results.write_figure(fig, out / "better_than_ts.png")
+glue(f"rob_{dataset}_better_fig", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # Across training sizes (only when `sizes` names further sizes).
 
 # %%
 if len(set(pooled.train_size)) > 1:
-    by_size = pooled.pivot_table(index=["truth_mode", "method"], columns="train_size", values="share")
-    display(by_size.round(3))
-    glue(f"rob_{dataset}_better_by_size", by_size.round(3), display=False)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    sns.lineplot(data=pooled[pooled.truth_mode == modes[0]], x="train_size", y="share", hue="method", marker="o", ax=ax)
+    for mode in modes:
+        wide = pooled[pooled.truth_mode == mode].pivot_table(index="method", columns="train_size", values="share",
+                                                             sort=False)
+        wide.columns = [f"n = {c:,}" for c in wide.columns]
+        tbl = report.table(wide.reset_index(), shares=list(wide.columns),
+                           caption=f"Truth: {report.TRUTH_LABELS[mode]}. Share closer to the truth than TS by "
+                                   f"training size")
+        display(tbl)
+        if mode == modes[0]:
+            glue(f"rob_{dataset}_better_by_size", tbl, display=False)
+    fig, axes = report.figure(1, 1, width=7.5, height=4.0)
+    ax = axes[0][0]
+    part = pooled[pooled.truth_mode == modes[0]]
+    for m in report.method_order(part.method):  # a line joins one method's sizes (an ordered axis)
+        pm = part[part.method == m].sort_values("train_size")
+        ax.plot(pm.train_size, pm.share, marker="o", color=report.method_color(m), label=m)
     ax.set_ylim(0, 1)
-    ax.set_title(f"share better than TS by training size ({modes[0]} truth)")
+    report.log_axis(ax, sorted(set(part.train_size)))
+    ax.set_xlabel("training size n (log scale)")
+    ax.set_ylabel(f"share with lower {report.column_label(metric)} than TS")
+    ax.set_title(f"truth: {report.TRUTH_LABELS[modes[0]]}")
+    report.legend_outside(ax)
+    report.check_fits_column(fig)
     results.write_figure(fig, out / "better_than_ts_by_size.png")
     glue(f"rob_{dataset}_better_by_size_fig", fig, display=False)
-    results.show()
+    results.show(fig)
 else:
     display(Markdown("Only one training size was run (`sizes` is empty)."))
 
@@ -184,20 +212,14 @@ else:
 #
 # For each method, subgroup, question and training sample: the mean JSD
 # between the method's predictions under every pair of templates, averaged
-# over subgroups; `pairwise_jsd_x100` is on the paper's scale (JSD x 100).
+# over subgroups; "× 100" is the paper's scale (JSD × 100).
 # TS reads no prompt (its pairwise JSD is 0 by construction) and the
-# `floor` column gives the scale of sampling noise in the truth: the mean JSD
+# noise floor gives the scale of sampling noise in the truth: the mean JSD
 # of a same-size resample of the truth against the truth.
 
 # %%
 if prompt_cfgs:
-    tres, tper = [], []
-    for t, c in prompt_cfgs.items():
-        tres.append(experiments.run_enhancement(c, lm=lm, modes=[prompt_mode], store_root=store_root,
-                                                survey=survey).assign(template=t))
-        tper.append(experiments.load_per_subgroup_modes(c, [prompt_mode], store_root, survey).assign(template=t))
-    tres = pd.concat(tres, ignore_index=True)
-    tper = pd.concat(tper, ignore_index=True)
+    tres, tper = robustness.run_templates(prompt_cfgs, prompt_mode, lm=lm, store_root=store_root, survey=survey)
     pprov = results.provenance(survey, model=model, option_rule=lm.describe(), seeds=prompt_seeds, n=n,
                                truth_mode=prompt_mode, templates=" ".join(templates))
     pairwise = robustness.pairwise_template_jsd(tper, templates, ["TS"] + list(prompt_methods))
@@ -206,11 +228,17 @@ if prompt_cfgs:
     floor_jsd = float(tres[(tres.method == "floor") & (tres.template == templates[0])].jsd_mean.mean())
     consistency["floor_jsd"] = floor_jsd
     results.write_table(consistency, out / "prompt_consistency.csv", pprov)
-    display(consistency.set_index("method").round(4))
+    ctable = report.table(
+        consistency[["method", "pairwise_jsd_x100", "pairwise_jsd_sd", "max_pair_jsd", "subgroups"]].rename(columns={
+            "pairwise_jsd_x100": "pairwise JSD × 100", "pairwise_jsd_sd": "s.d. over subgroups (JSD)",
+            "max_pair_jsd": "largest pair JSD"}),
+        caption=f"Prompt consistency over templates {', '.join(templates)} (truth: {report.TRUTH_LABELS[prompt_mode]})",
+        notes=[f"Noise floor (mean JSD of a same-size resample against the truth): {report.format_number(floor_jsd)}."])
+    display(ctable)
     for _, row in consistency.iterrows():
         glue(f"rob_{dataset}_{row.method}_pairwise_x100", float(row.pairwise_jsd_x100), display=False)
     glue(f"rob_{dataset}_prompt_floor_jsd", floor_jsd, display=False)
-    glue(f"rob_{dataset}_prompt_table", consistency.set_index("method").round(4), display=False)
+    glue(f"rob_{dataset}_prompt_table", ctable, display=False)
     glue(f"rob_{dataset}_prompt_questions", ", ".join(pqs), display=False)
 
 # %% [markdown]
@@ -223,22 +251,29 @@ if prompt_cfgs:
     terr = robustness.template_errors(tres, "jsd_mean").loc[prompt_mode]
     terr = terr.loc[[m for m in ["TS"] + list(prompt_methods) + ["floor"] if m in terr.index], list(templates)]
     results.write_table(terr.reset_index(), out / "prompt_template_errors.csv", pprov)
-    display(terr.round(4))
-    glue(f"rob_{dataset}_template_errors", terr.round(4), display=False)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    sns.boxplot(data=pairwise, x="method", y="pairwise_jsd", ax=axes[0], color="#4c72b0", fliersize=2)
-    axes[0].axhline(floor_jsd, color="k", ls=":", lw=0.8, label="noise floor (JSD)")
-    axes[0].set_yscale("symlog", linthresh=1e-3)
-    axes[0].set_ylabel("mean pairwise JSD across templates")
-    axes[0].legend(fontsize=8)
-    long = terr.reset_index().melt(id_vars="method", var_name="template", value_name="jsd_mean")
-    sns.barplot(data=long, x="method", y="jsd_mean", hue="template", ax=axes[1])
-    axes[1].set_ylabel("mean JSD to the truth")
-    axes[1].legend(fontsize=7)
-    plt.tight_layout()
+    ttable = report.table(terr.rename_axis("method").reset_index(),
+                          caption="Mean JSD to the truth under each prompt template")
+    display(ttable)
+    glue(f"rob_{dataset}_template_errors", ttable, display=False)
+    fig, axes = report.figure(2, 1, height=7.5)
+    ax = axes[0][0]
+    shown = [m for m in report.method_order(pairwise.method) if m != "TS"]  # TS: 0 by construction
+    data = [pairwise[pairwise.method == m].pairwise_jsd.to_numpy() for m in shown]
+    boxes = ax.boxplot(data, patch_artist=True, widths=0.6, flierprops={"markersize": 3})
+    for patch, m in zip(boxes["boxes"], shown):
+        patch.set_facecolor(report.method_color(m))
+    ax.axhline(floor_jsd, color="black", ls="--", lw=1.5, zorder=5, label="noise floor (JSD to the truth)")
+    ax.set_yscale("log")  # pairwise JSD is positive for every method shown (TS, exactly 0, is left out)
+    ax.set_xticks(range(1, len(shown) + 1), shown)
+    ax.set_ylabel("pairwise JSD across templates")
+    report.legend_outside(ax, where="below")
+    report.option_bars(axes[1][0], {m: terr.loc[m].to_numpy() for m in terr.index}, list(templates),
+                       xlabel="prompt template", ylabel="mean JSD to the truth")
+    report.legend_outside(axes[1][0])
+    report.check_fits_column(fig)
     results.write_figure(fig, out / "prompt_consistency.png")
     glue(f"rob_{dataset}_prompt_fig", fig, display=False)
-    results.show()
+    results.show(fig)
 
 # %%
 stores = [str(experiments.store_dir_for(cfg.run_config(n=s), m, store_root, survey)) for s in dict.fromkeys([n] + list(sizes))
@@ -260,5 +295,5 @@ meta = results.write_metadata(out, study="robustness", params=cfg.to_params(), o
 #   Direct 1.07, PE 1.52, AAE 0.22, TKFT 0.16, DSA 0.11.
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

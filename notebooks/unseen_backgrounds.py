@@ -33,16 +33,14 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from dsalib import config, efficiency, experiments, methods as method_registry, results, study
+from dsalib import config, efficiency, experiments, methods as method_registry, report, results, study
 
-sns.set_theme(style="whitegrid")
+report.style()
 results.use_png_figures()  # glued figures carry a PNG for the book
 _names_before_parameters = set(globals())
 
@@ -106,9 +104,10 @@ prov = results.provenance(survey, model=model if uses_model else None, option_ru
 keep = ["truth_mode", "question", "seed", "method", "subgroup", "n", "train_n", "absent", "jsd", "wd", "wd_scaled",
         "ts_jsd", "better_than_ts"]
 results.write_table(per[keep], out / "per_subgroup.csv", prov)
-results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), option_rule=option_rule, computed=pending,
-                       data=survey.describe(),
-                       stores=[str(experiments.store_dir_for(enh_cfg, m, store_root, survey)) for m in modes])
+meta = results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), option_rule=option_rule,
+                              computed=pending,
+                              data=survey.describe(),
+                              stores=[str(experiments.store_dir_for(enh_cfg, m, store_root, survey)) for m in modes])
 
 # %% [markdown]
 # ## How many subgroups are absent from the training sample
@@ -120,7 +119,12 @@ results.write_metadata(out, study="unseen_backgrounds", params=cfg.to_params(), 
 # %%
 counts = efficiency.absent_counts(per)
 results.write_table(counts.reset_index(), out / "absent_counts.csv", prov)
-display(counts.round(3))
+display(report.table(counts.reset_index().rename(columns={
+    "evaluations": "subgroup evaluations", "absent": "absent from the training sample", "absent_share": "share absent",
+    "absent_distinct_subgroups": "distinct absent subgroups", "truth_n_of_absent_median": "median truth size (absent)",
+    "truth_n_of_absent_max": "largest truth size (absent)"}), shares=["share absent"],
+    caption="Subgroup evaluations (question × training sample × subgroup) absent from the training sample",
+    missing="no absent subgroup"))
 for mode, row in counts.iterrows():
     glue(f"ub_{dataset}_{mode}_evaluations", int(row.evaluations), display=False)
     glue(f"ub_{dataset}_{mode}_absent", int(row.absent), display=False)
@@ -132,30 +136,36 @@ glue(f"ub_{dataset}_n_respondents", int(survey.n_respondents), display=False)
 # %% [markdown]
 # ## Error of subgroups absent from and present in the training sample
 #
-# Mean and median JSD over subgroup evaluations; `better_than_ts` is the
-# share of evaluations where the method is closer to the truth than TS on the
-# same subgroup and sample (for an absent subgroup TS predicts the pooled
-# training distribution). The `floor` rows are the noise floor: a same-size
-# bootstrap of each truth subgroup against itself.
+# Mean JSD over subgroup evaluations, and the share of evaluations where the
+# method is closer to the truth than TS on the same subgroup and sample (for an
+# absent subgroup TS predicts the pooled training distribution). The `floor` rows
+# are the noise floor: a same-size bootstrap of each truth subgroup against itself.
+# With fewer than `efficiency.MIN_ABSENT_TO_COMPARE` absent evaluations the
+# sentence says the absent rows are too few to compare methods on.
 
 # %%
 by_presence = efficiency.subgroup_summary(per)
 results.write_table(by_presence, out / "by_presence.csv", prov)
+labels = {"absent from training": "absent", "in training": "present"}
 for mode in modes:
     sentence = efficiency.absent_sentence(counts, by_presence, mode, figure_methods)
-    display(Markdown(f"**{mode} truth.** {sentence}"))
+    display(Markdown(f"{report.TRUTH_LABELS[mode].capitalize()} truth: {sentence}"))
     glue(f"ub_{dataset}_{mode}_absent_text", sentence, display=False)
     t = by_presence[by_presence.truth_mode == mode]
-    wide = t.pivot(index="method", columns="presence", values="jsd_mean")
-    wide = wide.loc[[m for m in methods + ["floor"] if m in wide.index]]
-    share = t.pivot(index="method", columns="presence", values="better_than_ts")
-    share = share.loc[[m for m in methods if m in share.index]]
-    display(Markdown(f"**{mode} truth**: mean JSD"))
-    display(wide.round(4))
-    display(Markdown(f"**{mode} truth**: share of subgroup evaluations better than TS"))
-    display(share.round(3))
-    glue(f"ub_{dataset}_{mode}_presence_table", wide.round(4), display=False)
-    glue(f"ub_{dataset}_{mode}_better_table", share.round(3), display=False)
+    wide = pd.DataFrame(index=pd.Index(report.method_order(t.method), name="method"))
+    for key, short in labels.items():
+        part = t[t.presence == key].set_index("method")
+        n_eval = int(part.evaluations.max()) if "evaluations" in part and len(part) else 0
+        wide[f"JSD, {short} ({n_eval:,} evaluations)"] = part.jsd_mean.reindex(wide.index)
+        wide[f"better than TS, {short}"] = part.better_than_ts.reindex(wide.index)
+    if "TS" in wide.index:  # TS against itself: no share
+        wide.loc["TS", [c for c in wide.columns if c.startswith("better")]] = np.nan
+    tbl = report.table(wide, shares=[c for c in wide.columns if c.startswith("better")],
+                       caption=f"Truth: {report.TRUTH_LABELS[mode]}. Subgroups absent from and present in the "
+                               f"training sample: mean JSD and share of evaluations better than TS",
+                       missing="not applicable (TS against itself, or the noise floor), or no evaluation")
+    display(tbl)
+    glue(f"ub_{dataset}_{mode}_presence_table", tbl, display=False)
     for r in t.itertuples():
         tag = "absent" if r.presence.startswith("absent") else "present"
         glue(f"ub_{dataset}_{mode}_{r.method}_{tag}_jsd", float(r.jsd_mean), display=False)
@@ -173,38 +183,43 @@ results.write_table(by_size, out / "by_size.csv", prov)
 for mode in modes:
     t = by_size[by_size.truth_mode == mode]
     wide = t.pivot(index="method", columns="size_bin", values="jsd_mean")
-    wide = wide.loc[[m for m in methods + ["floor"] if m in wide.index]]
-    wide.columns = [str(c) for c in wide.columns]
+    wide = wide.loc[report.method_order(wide.index)]
     sizes_row = t[t.method == "floor"].set_index("size_bin").evaluations
-    display(Markdown(f"**{mode} truth**: mean JSD by truth size (evaluations per bin: "
-                     + ", ".join(f"{k} {v}" for k, v in sizes_row.items()) + ")"))
-    display(wide.round(4))
-    glue(f"ub_{dataset}_{mode}_size_table", wide.round(4), display=False)
+    wide.columns = [f"{c} ({int(sizes_row.get(c, 0)):,})" for c in wide.columns]
+    tbl = report.table(wide.rename_axis("method").reset_index(),
+                       caption=f"Truth: {report.TRUTH_LABELS[mode]}. Mean JSD by truth subgroup size "
+                               f"(in brackets: evaluations per size bin)")
+    display(tbl)
+    glue(f"ub_{dataset}_{mode}_size_table", tbl, display=False)
 
 # %%
-show = [m for m in figure_methods] + ["floor"]
-plot = by_size[by_size.method.isin(show)].copy()
-plot["size_bin"] = plot.size_bin.astype(str)
-grid = sns.catplot(data=plot, x="size_bin", y="jsd_mean", hue="method", hue_order=show, col="truth_mode",
-                   col_order=modes, kind="bar", height=3.6, aspect=1.3, palette="tab10")
-grid.set_axis_labels("truth subgroup size", "mean JSD over subgroup evaluations")
-grid.figure.suptitle(f"Error by subgroup size ({dataset}, n = {n}, {len(qs)} questions x {len(seeds)} samples)",
-                     y=1.03)
-results.write_figure(grid.figure, out / "jsd_by_size.png")
-glue(f"ub_{dataset}_size_fig", grid.figure, display=False)
-results.show()
+show = report.method_order(list(figure_methods) + ["floor"])
+fig, axes = report.figure(len(modes), 1, height=3.6 * len(modes), sharey=True)
+for ax, mode in zip(axes[:, 0], modes):
+    t = by_size[(by_size.truth_mode == mode) & by_size.method.isin(show)]
+    bins = [str(b) for b in t.size_bin.cat.categories] if hasattr(t.size_bin, "cat") else list(dict.fromkeys(t.size_bin))
+    t = t.assign(size_bin=t.size_bin.astype(str))
+    report.option_bars(ax, {m: t[t.method == m].set_index("size_bin").jsd_mean.reindex(bins).to_numpy() for m in show},
+                       bins, xlabel="truth subgroup size", ylabel="mean JSD")
+    ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
+report.legend_outside(fig, where="below", ncol=min(len(show), 6))
+report.check_fits_column(fig)
+results.write_figure(fig, out / "jsd_by_size.png")
+glue(f"ub_{dataset}_size_fig", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## Per-subgroup error sorted by size (paper Fig. 4)
 #
 # One panel per question (first sample, first truth mode): subgroups from the
-# rarest (left) to the largest (right); shaded columns and crosses on the axis
-# mark subgroups absent from the training sample.
+# rarest (left) to the largest (right), one marker per subgroup and method
+# (subgroups are independent, so no line joins them); shaded columns and crosses
+# on the axis mark subgroups absent from the training sample.
 
 # %%
 mode0, seed0 = modes[0], seeds[0]
-fig, axes = plt.subplots(len(qs), 1, figsize=(11, 2.9 * len(qs)), squeeze=False)
-colors = dict(zip(show, sns.color_palette("tab10", len(show))))
+markers = dict(zip(show, ["o", "s", "D", "^", "v", "P", "X", "*"]))
+fig, axes = report.figure(len(qs), 1, height=3.2 * len(qs))
 for ax, q in zip(axes[:, 0], qs):
     d = efficiency.ordered_by_size(per, mode0, q, seed0)
     absent_ranks = d[(d.method == "floor") & d.absent]["rank"].to_numpy()
@@ -212,23 +227,23 @@ for ax, q in zip(axes[:, 0], qs):
         ax.axvspan(r - 0.5, r + 0.5, color="orange", alpha=0.18, lw=0)
     for m in show:
         dm = d[d.method == m]
-        ax.plot(dm["rank"], dm.jsd, marker="o", ms=2.5, lw=1, color=colors[m], ls=":" if m == "floor" else "-",
-                label=m)
+        ax.plot(dm["rank"], dm.jsd, marker=markers.get(m, "o"), ms=4, ls="", color=report.method_color(m),
+                label="noise floor" if m == "floor" else m)
     if len(absent_ranks):
-        ax.plot(absent_ranks, np.zeros(len(absent_ranks)), "x", color="darkorange", ms=6,
+        ax.plot(absent_ranks, np.zeros(len(absent_ranks)), "x", color="darkorange", ms=7,
                 label="absent from training")
     sizes = d[d.method == "floor"].sort_values("rank")
-    step = max(1, len(sizes) // 12)
-    ax.set_xticks(sizes["rank"].to_numpy()[::step])
-    ax.set_xticklabels(sizes.n.to_numpy()[::step])
-    ax.set_title(f"{q} ({mode0} truth, sample {seed0}): {len(sizes)} subgroups, {len(absent_ranks)} absent", fontsize=9)
+    step = max(1, len(sizes) // 10)
+    ax.set_xticks(sizes["rank"].to_numpy()[::step], sizes.n.to_numpy()[::step])
+    ax.set_title(f"{q} ({report.TRUTH_LABELS[mode0]} truth, sample {seed0}): {len(sizes)} subgroups, "
+                 f"{len(absent_ranks)} absent")
     ax.set_ylabel("JSD")
 axes[-1, 0].set_xlabel("subgroups sorted by truth size (tick labels: truth n)")
-axes[0, 0].legend(fontsize=7, ncol=len(show) + 1, loc="upper right")
-plt.tight_layout()
+report.legend_outside(fig, where="below", ncol=4)
+report.check_fits_column(fig)
 results.write_figure(fig, out / "per_subgroup_sorted.png")
 glue(f"ub_{dataset}_sorted_fig", fig, display=False)
-results.show()
+results.show(fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only
@@ -244,5 +259,5 @@ results.show()
 # one.
 
 # %%
-out.commit()  # the tables replace the output folder's previous ones as one set
+final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
 display(Markdown(f"Tables written to `{out.shown}`."))

@@ -44,7 +44,7 @@ def test_equivalent_below_grid_is_a_labelled_upper_bound():
     assert out["status"] == efficiency.BELOW
     assert math.isnan(out["ts_equivalent_n"]) and math.isnan(out["saving"])
     assert out["bound"] == 100 and out["saving_bound"] == pytest.approx(-1.0)  # 1 - 200 / 100
-    assert efficiency.describe_equivalent(out) == ("< 100", "< -100.0%")
+    assert efficiency.describe_equivalent(out) == ("< 100", "none (worse than TS)")
     # metrics.data_saving alone would call this an exact size of 100 (the case this module labels)
     assert metrics.data_saving(CURVE, 0.35, 200)["ts_equivalent_n"] == 100
 
@@ -316,9 +316,11 @@ def test_absent_sentence():
     summary = pd.DataFrame({"truth_mode": ["full"] * 3, "method": ["TS", "DSA", "floor"],
                             "presence": ["absent from training"] * 3, "jsd_mean": [0.2, 0.1, 0.05],
                             "better_than_ts": [0.0, 0.75, np.nan]})
-    text = efficiency.absent_sentence(counts, summary, "full", ["TS", "DSA", "floor"])
+    text = efficiency.absent_sentence(counts, summary, "full", ["TS", "DSA", "floor"], min_absent=4)
     assert text.startswith("4 of 40 subgroup evaluations (10.0%, 3 distinct subgroups, median truth size 12)")
-    assert "TS 0.200, DSA 0.100 (noise floor 0.050)" in text and text.endswith("beats TS: DSA 75%.")
+    assert text.endswith("TS 0.200, DSA 0.100 (noise floor 0.050).")
+    few = efficiency.absent_sentence(counts, summary, "full", ["TS", "DSA", "floor"], min_absent=5)
+    assert "too few (under 5)" in few and "0.100" not in few  # no method compared on 4 evaluations
     assert efficiency.absent_sentence(counts, summary, "heldout", ["TS"]).startswith("None of the 30")
 
 

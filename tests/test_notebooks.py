@@ -155,7 +155,7 @@ def test_runner_failed_run_keeps_previous_output(kernel, tmp_path):
     target.write_text("previous good output")
     run = run_outputs.Run("enhancement", "bad", NOTEBOOKS / "enhancement.ipynb", bad, target,
                           tmp_path / "enhancement" / "bad")
-    with pytest.raises(pm.PapermillExecutionError, match="no core question 'nope'"):
+    with pytest.raises(pm.PapermillExecutionError, match=r"no core question\(s\) \['nope'\]"):
         run_outputs.execute(run, kernel)
     assert target.read_text() == "previous good output"
     assert (tmp_path / "enhancement" / "bad.failed.ipynb").exists()

@@ -332,7 +332,10 @@ def test_progress_terminal_gets_text_bar(monkeypatch):
 
 def test_dsalib_does_not_import_tqdm_auto():
     root = Path(__file__).resolve().parents[1] / "dsalib"
-    offenders = [p.name for p in root.glob("*.py") if "tqdm.auto" in p.read_text().replace("``tqdm.auto``", "")]
+    # progress.import_tqdm_auto_quietly is the one deliberate import (for the libraries that import it)
+    offenders = [p.name for p in root.glob("*.py")
+                 if "tqdm.auto" in p.read_text().replace("``tqdm.auto``", "").replace(
+                     "        import tqdm.auto  # noqa: F401 (the quiet import)", "")]
     assert not offenders, f"use dsalib.progress.bar instead of tqdm.auto in {offenders}"
 
 
@@ -392,3 +395,61 @@ def test_verdicts_follow_the_numbers():
     assert v["dsa_vs_tkft"] == "DSA beat TKFT in only 5 of 60 runs." and "every dataset" in v["llm_vs_stat"]
     with pytest.raises(DsaError, match="lack"):
         findings.verdicts({}, "heldout")
+
+
+def test_phase2_sentence_counts_outcomes():
+    text = report.phase2_sentence(["run", "rejected", "rejected"])
+    assert text == ("Phase 2 of `DSA` ran and was kept in 1 of 3 fits; was rejected by the validation guard "
+                    "in 2 of 3 fits.")
+    assert "Phase 1 (TKFT) model" in report.phase2_sentence(["skipped"])
+    with pytest.raises(DsaError, match="unknown"):
+        report.phase2_sentence(["kept"])
+    with pytest.raises(DsaError, match="no DSA fits"):
+        report.phase2_sentence([])
+
+
+def test_versus_says_higher_or_lower():
+    assert report.versus("DSA", 0.114, "MNL", 0.1, "JSD") == "`DSA` 0.114 against `MNL` 0.100 (JSD): 14.0% higher"
+    assert report.versus("DSA", 0.09, "MNL", 0.1).endswith("10.0% lower")
+    assert report.versus("DSA", 0.1, "MNL", 0.1).endswith("level")
+    with pytest.raises(DsaError, match="MNL"):
+        report.versus("DSA", 0.1, "MNL", float("nan"))
+
+
+def test_tqdm_auto_is_imported_without_its_iprogress_warning():
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == "tqdm.auto" or m == "tqdm.autonotebook"]:
+        del sys.modules[name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        progress.import_tqdm_auto_quietly()
+    assert "tqdm.auto" in sys.modules
+    assert not [w for w in caught if "IProgress" in str(w.message)]
+    importlib.import_module("tqdm.auto")
+
+
+def test_log_axis_labels_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([50, 1500], [1, 2])
+    report.log_axis(ax, [50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500])
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert ax.get_xscale() == "log" and labels[0] == "50" and labels[-1] == "1,500" and len(labels) <= 8
+    assert not ax.xaxis.get_minorticklocs().size
+    with pytest.raises(DsaError, match="positive"):
+        report.log_axis(ax, [0, 10])
+    plt.close(fig)
+
+
+def test_table_formats_settings_mappings_without_reprs():
+    t = report.table(pd.DataFrame({"parameter": ["variants", "phase1"],
+                                   "value": [{"DSA": {"guard": False}, "DSA-ratio": {"guard": False, "lr": 0.001}},
+                                             {}]}))
+    assert list(t.frame["value"]) == ["DSA: guard no; DSA-ratio: guard no, lr 0.00100", "none"]
+    assert "{" not in t.html and "False" not in t.html

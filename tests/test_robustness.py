@@ -187,3 +187,124 @@ def test_check_model_names(tmp_path, monkeypatch):
         robustness.check_model_names(["no-such-owner/no-such-model-xyz"])
     with pytest.raises(ParameterError, match="list of model names"):
         robustness.check_model_names("smollm2-135m")
+
+
+# --------------------------------------------------------------------------
+# The study's runs over training sizes and templates (moved out of the notebook)
+# --------------------------------------------------------------------------
+
+
+def test_run_training_sizes_matches_one_run_per_size_and_reads_back(tmp_path):
+    from dsalib.config import RobustnessConfig
+
+    cfg = RobustnessConfig(dataset="ess9", questions=["imbgeco"], n=200, seeds=[0], methods=["MNL"], sizes=[60],
+                           modes=["full", "heldout"], model="tiny", prompt_methods=[])
+    res, per = robustness.run_training_sizes(cfg, [200, 60, 200], store_root=tmp_path, progress=None)
+    assert list(dict.fromkeys(res.train_size)) == [200, 60]  # repeated sizes run once, in order
+    assert set(res.method) == {"TS", "MNL", "floor"} and set(per.train_size) == {200, 60}
+    for size in (200, 60):
+        c = cfg.run_config(n=size)
+        direct = experiments.run_enhancement(c, store_root=tmp_path, progress=None)
+        got = res[res.train_size == size].drop(columns="train_size")
+        key = ["truth_mode", "question", "seed", "method"]
+        pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True)[direct.columns],
+                                      direct.sort_values(key).reset_index(drop=True), check_dtype=False)
+        direct_per = experiments.load_per_subgroup_modes(c, store_root=tmp_path)
+        assert len(per[per.train_size == size]) == len(direct_per) > 0
+    shares = robustness.better_than_reference(per, ["MNL", "floor"], group=["train_size", "truth_mode", "question", "seed"])
+    assert set(shares.train_size) == {200, 60}
+    with pytest.raises(DsaError, match="no training sizes"):
+        robustness.run_training_sizes(cfg, [], store_root=tmp_path, progress=None)
+    with pytest.raises(DsaError, match="positive"):
+        robustness.run_training_sizes(cfg, [0], store_root=tmp_path, progress=None)
+
+
+def test_run_templates_tags_each_template(tmp_path):
+    from dsalib.config import RobustnessConfig
+
+    cfg = RobustnessConfig(dataset="ess9", questions=["imbgeco"], n=150, seeds=[0], methods=["MNL"], model="tiny",
+                           prompt_methods=[])
+    cfgs = {t: cfg.run_config(methods=[], template=t) for t in ("default", "para1")}
+    res, per = robustness.run_templates(cfgs, "full", store_root=tmp_path, progress=None)
+    assert set(res.template) == {"default", "para1"} and set(res.truth_mode) == {"full"}
+    assert set(per.template) == {"default", "para1"}
+    pairwise = robustness.pairwise_template_jsd(per, ["default", "para1"], ["TS"])
+    assert np.allclose(pairwise.pairwise_jsd, 0.0)  # TS reads no prompt
+    with pytest.raises(DsaError, match="no templates"):
+        robustness.run_templates({}, "full", store_root=tmp_path)
+
+
+def test_better_sentence_ranks_methods_and_states_the_floor():
+    pooled = pd.DataFrame({"truth_mode": ["full"] * 3 + ["heldout"], "method": ["TKFT", "DSA", "floor", "DSA"],
+                           "share": [0.25, 0.5, 0.75, 0.1], "subgroups": [40, 40, 40, 40], "better": [10, 20, 30, 4]})
+    text = robustness.better_sentence(pooled, "full", ["TKFT", "DSA"])
+    assert text.index("`DSA` on 50.0%") < text.index("`TKFT` on 25.0%")
+    assert "40 evaluated subgroups" in text and "noise floor) is closer on 75.0%" in text
+    assert "noise floor" not in robustness.better_sentence(pooled, "heldout", ["DSA"])
+    with pytest.raises(DsaError, match="AAE"):
+        robustness.better_sentence(pooled, "full", ["AAE"])
+
+
+def test_head_to_head_counts_paired_runs_once():
+    rows = []
+    for part in ("phase", "selected"):  # the same fit counted by two parts counts once
+        for seed, (dsa, tkft) in enumerate([(0.2, 0.1), (0.1, 0.1), (0.05, 0.1)]):
+            for m, v in (("DSA", dsa), ("TKFT", tkft)):
+                rows.append({"part": part, "model": "tiny", "strategy": "last_layer", "epochs": "selected",
+                             "truth_mode": "full", "question": "q", "seed": seed, "method": m,
+                             "wd_scaled_mean": v, "jsd_mean": v + 1})
+    h = robustness.head_to_head(pd.DataFrame(rows))
+    wd = h[h.metric == "wd_scaled_mean"].iloc[0]
+    assert (wd.lower, wd.ties, wd.runs) == (1, 1, 3)
+    assert wd.mean_diff == pytest.approx((0.1 + 0 - 0.05) / 3)
+    text = robustness.head_to_head_sentence(h)
+    assert "in 1 of 3 runs, tied in 1" in text and "full data" in text
+    never = robustness.head_to_head_sentence(h.assign(lower=0, ties=0))
+    assert "never (of 3)" in never
+    with pytest.raises(DsaError, match="share no fitted run"):
+        robustness.head_to_head(pd.DataFrame(rows).query("method == 'DSA'"))
+
+
+def test_run_ablations_labels_every_part_and_reuses_the_default_rows(tmp_path):
+    from dsalib.config import AblationsConfig
+
+    cfg = AblationsConfig(dataset="ess9", questions=["imbgeco"], n=150, seeds=[0], modes=["full"], model="tiny",
+                          models=["tiny"], strategies=["last_layer"], strategy_methods=["TKFT"], fixed_epochs=1,
+                          phase1={"lr": 1e-3, "max_epochs": 1}, phase2={"min_pair_size": 3},
+                          subset_questions=["imbgeco"], subset_seeds=[0], prefix_cache=None)
+    loaded = []
+
+    def load(name):
+        from dsalib.llm_methods import LanguageModel
+
+        loaded.append(name)
+        return LanguageModel.load(name)
+
+    runs, rules, phase = robustness.run_ablations(cfg, store_root=tmp_path, load_model=load, progress=None)
+    assert loaded == ["tiny"] and set(rules) == {"tiny"}  # the study's own model is loaded once
+    assert list(dict.fromkeys(runs.part)) == ["phase", "selected", "strategy", "model"]
+    assert set(runs[runs.part == "strategy"].method) == {"TS", "TKFT", "floor"}
+    assert (runs[runs.part == "strategy"].epochs == "1").all()
+    key = ["truth_mode", "question", "seed", "method"]
+    sel = runs[runs.part == "selected"].sort_values(key).reset_index(drop=True)
+    mod = runs[runs.part == "model"].sort_values(key).reset_index(drop=True)
+    assert np.array_equal(sel.jsd_mean.to_numpy(), mod.jsd_mean.to_numpy())  # the model row reuses the subset runs
+    assert set(phase.method) == {"TS", "TKFT", "DSA", "floor"} and "part" not in phase.columns
+    assert robustness.head_to_head(runs).runs.min() >= 1
+
+
+def test_table5_means_each_fit_once_and_adds_the_references():
+    rows = []
+    for part, strategy in (("selected", "last_layer"), ("model", "last_layer"), ("strategy", "lora")):
+        for seed in (0, 1):
+            for m, v in (("TS", 0.3), ("floor", 0.05), ("TKFT", 0.2 + seed / 10), ("DSA", 0.1 + seed / 10)):
+                rows.append({"part": part, "model": "tiny", "strategy": strategy, "epochs": "selected",
+                             "truth_mode": "full", "question": "q", "seed": seed, "method": m,
+                             "wd_scaled_mean": v + (0.01 if strategy == "lora" else 0)})
+    t5 = robustness.table5(pd.DataFrame(rows))
+    assert t5.loc[("tiny", "1", "last_layer", "selected"), "full"] == pytest.approx(0.25)  # counted once, not twice
+    assert t5.loc[("tiny", "1+2", "lora", "selected"), "full"] == pytest.approx(0.16)
+    assert t5.loc[("reference", "TS", "-", "-"), "full"] == pytest.approx(0.3)
+    assert t5.loc[("reference", "floor", "-", "-"), "full"] == pytest.approx(0.05)
+    with pytest.raises(DsaError, match="no TKFT or DSA"):
+        robustness.table5(pd.DataFrame(rows).query("method in ['TS', 'floor']"))
