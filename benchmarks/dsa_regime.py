@@ -18,8 +18,8 @@ steps, whether Phase 2 was kept, and the change in JSD Phase 2 made
 (DSA − the TKFT with the same Phase 1).  Results go to shared stores under
 ``cache/runs`` (resumable) and the summary to ``--out``.
 
-    python benchmarks/dsa_regime.py -f params/dsa_regime/default.yaml
-    python benchmarks/dsa_regime.py -f params/dsa_regime/smoke.yaml      # tiny model, seconds
+    python benchmarks/dsa_regime.py -f benchmarks/params/dsa_regime/default.yaml
+    python benchmarks/dsa_regime.py -f benchmarks/params/dsa_regime/smoke.yaml      # tiny model, seconds
 """
 
 from __future__ import annotations
