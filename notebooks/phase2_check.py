@@ -176,7 +176,7 @@ if params["llm_per_subgroup"]:
     for (per, inter), r in summary2.iterrows():
         tag = f"n{int(per)}_i{inter:g}".replace(".", "p")
         for m in ["TS", "MNL", "TKFT", *params["variants"]]:
-            key_numbers[f"p2c_llm_{m.replace('-', '_')}_{tag}"] = r[m]
+            key_numbers[f"p2c_llm_{m.replace('-', '_')}_{tag}"] = float(r[m])
     key_numbers["p2c_llm_resolution_tkft"] = float(diag2.resolution_TKFT.mean())
     key_numbers["p2c_llm_resolution_truth"] = float(diag2.resolution_truth.mean())
 
