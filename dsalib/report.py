@@ -46,7 +46,7 @@ from .errors import DsaError
 #: unseen backgrounds), in the order they are shown.
 OTHER_REFERENCES = ("TS-drop", "MNL-drop", "Marginal", "QMean", "empirical", "empirical_smoothed", "no_shift",
                     "quantile_pair", "quantile_pooled", "ratio_pair", "ratio_pooled", "EB-MNL(marginal)",
-                    "EB-MNL(crossfit)")
+                    "EB-MNL(crossfit)", "DSA-ratio", "ideal-P2(TS)", "ideal-P2(TKFT) DSA", "ideal-P2(TKFT) DSA-ratio")
 #: Methods in display order: the registry's (statistical, then LLM), other references, the noise floor last.
 METHOD_ORDER = (*method_registry.ALL, *OTHER_REFERENCES, "floor")
 
@@ -339,6 +339,7 @@ def _method_colors() -> dict[str, tuple]:
         "empirical": tab[4], "empirical_smoothed": tab[5], "no_shift": tab[9],
         "quantile_pair": tab[12], "quantile_pooled": tab[13], "ratio_pair": dark[0], "ratio_pooled": dark[3],
         "Stacked-MNL": dark[1], "EB-MNL(marginal)": dark[2], "EB-MNL(crossfit)": dark[5],
+        "DSA-ratio": dark[4], "ideal-P2(TS)": dark[6], "ideal-P2(TKFT) DSA": dark[7], "ideal-P2(TKFT) DSA-ratio": (0.55, 0.35, 0.15),
         "floor": (0.0, 0.0, 0.0),
     }
     return {m: tuple(float(c) for c in colors[m]) for m in METHOD_ORDER}
