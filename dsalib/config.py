@@ -341,6 +341,8 @@ class _EnhancementSettings(_DataSettings):
     phase2: Phase2Config = _param(Phase2Config, doc="dsalib.train.Phase2Config fields, e.g. {min_pair_size: 10}")
     min_eval_size: int = _param(10, doc="smallest truth subgroup that is evaluated", min=1)
     weighted_truth: bool = _param(False, doc="weight the truth by the survey's respondent weights")
+    weighted_train: bool = _param(False, doc="weight the training distributions by the survey's respondent "
+                                  "weights (each subgroup keeps its respondent count as its size)")
     prefix_cache: str | None = _param("cache/prefix", doc="on-disk cache of frozen-prefix activations; "
                                       "None keeps it in memory only")
     store_root: str | None = _param("cache/runs", doc="shared resumable result stores; None keeps them in output_dir")

@@ -219,7 +219,8 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
 
             if not any(stores[mode].pending([key(m) for m in order + (["floor"] if floor else [])]) for mode in modes):
                 continue
-            splits = {mode: surveys.enhancement_split(survey, q, cfg.n, int(seed), mode, attrs, cfg.weighted_truth)
+            splits = {mode: surveys.enhancement_split(survey, q, cfg.n, int(seed), mode, attrs, cfg.weighted_truth,
+                                                        cfg.weighted_train)
                       for mode in modes}
             train = splits[modes[0]].train
             truths = []

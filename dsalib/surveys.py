@@ -539,6 +539,11 @@ class SubgroupTable:
     ``counts[g]`` the (weighted) answer counts over the options; ``n[g]`` the
     unweighted number of respondents.  Only subgroups with at least one
     respondent are rows.
+
+    ``units`` (weighted training tables only, see :func:`subgroup_table`'s
+    ``size_scaled``): one row per respondent, ``(subgroup row, answer,
+    weight)``, so that :func:`split_counts` can split a weighted table by
+    respondents.
     """
 
     dataset: str
@@ -551,6 +556,7 @@ class SubgroupTable:
     option_labels: tuple[str, ...]
     weighted: bool = False
     meta: dict = field(default_factory=dict)
+    units: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_subgroups(self) -> int:
@@ -597,7 +603,16 @@ class SubgroupTable:
         return counts, n
 
     def subset(self, mask: np.ndarray) -> "SubgroupTable":
-        return replace(self, keys=self.keys[mask], counts=self.counts[mask], n=self.n[mask])
+        mask = np.asarray(mask)
+        units = None
+        if self.units is not None:
+            rows = np.arange(self.n_subgroups)[mask]  # old row of each new row (a boolean mask or positions)
+            new_row = np.full(self.n_subgroups, -1)
+            new_row[rows] = np.arange(len(rows))
+            mapped = new_row[self.units[:, 0].astype(np.int64)]
+            units = self.units[mapped >= 0].copy()
+            units[:, 0] = mapped[mapped >= 0]
+        return replace(self, keys=self.keys[mask], counts=self.counts[mask], n=self.n[mask], units=units)
 
     def frame(self) -> pd.DataFrame:
         """A tidy view: one row per subgroup with level names, size and distribution."""
@@ -634,11 +649,20 @@ def subgroup_table(
     background: Sequence[str] | None = None,
     respondents: np.ndarray | None = None,
     weighted: bool = False,
+    size_scaled: bool = False,
 ) -> SubgroupTable:
     """Answer counts per subgroup for ``question``.
 
     ``respondents``: row positions to use (e.g. a training sample); default all
     eligible respondents.  ``weighted`` uses the source's respondent weight.
+
+    ``size_scaled`` (with ``weighted``; how a weighted *training* table is
+    built): each subgroup's weighted counts are rescaled to sum to its number
+    of respondents, so its distribution is the weighted one while its size,
+    and every method's use of it as a count (count-weighted losses, the
+    logits' likelihood, the shrinkage's posterior), stays the number of
+    respondents behind it.  The table keeps its respondents (``units``) so it
+    can be split by respondents (:func:`split_counts`).
     """
     cq = survey.question(question)
     attrs = survey.check_background(background)
@@ -664,9 +688,19 @@ def subgroup_table(
         inverse = inverse.reshape(-1)
     else:
         keys, inverse = np.zeros((0, len(attrs)), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    n = np.bincount(inverse, minlength=len(keys)).astype(np.int64)
+    units = None
+    if size_scaled:
+        if not weighted:
+            raise DsaError("size_scaled rescales weighted counts; it needs weighted=True")
+        totals = np.bincount(inverse, weights=w, minlength=len(keys))
+        if np.any(totals <= 0):
+            raise DsaError(f"dataset '{survey.name}': a subgroup of the sample has zero total weight "
+                           f"('{survey.weight}'); it cannot have a weighted distribution. Run unweighted.")
+        w = w * (n / totals)[inverse]
+        units = np.column_stack([inverse, answers, w]).astype(float)
     counts = np.zeros((len(keys), cq.n_options))
     np.add.at(counts, (inverse, answers), w)
-    n = np.bincount(inverse, minlength=len(keys)).astype(np.int64)
     return SubgroupTable(
         dataset=survey.name,
         question=question,
@@ -678,6 +712,7 @@ def subgroup_table(
         option_labels=cq.option_labels,
         weighted=weighted,
         meta={"source": survey.source_name},
+        units=units,
     )
 
 
@@ -797,18 +832,22 @@ def enhancement_split(
     mode: str = "full",
     background: Sequence[str] | None = None,
     weighted: bool = False,
+    weighted_train: bool = False,
 ) -> EnhancementSplit:
     """Draw a training sample and build the ground truth.
 
     ``mode="full"`` (the paper's): the truth is every eligible respondent, the
     training sample included.  ``mode="heldout"``: the truth is only the
     respondents outside the training sample (honest when ``n`` is a large share
-    of the data).
+    of the data).  ``weighted``: the truth's distributions use the survey's
+    respondent weight; ``weighted_train``: so do the training distributions
+    (each subgroup keeps its number of respondents as its size; see
+    :func:`subgroup_table`'s ``size_scaled``).
     """
     if mode not in TRUTH_MODES:
         raise DsaError(f"truth mode must be one of {TRUTH_MODES}, got {mode!r}")
     rows = sample_respondents(survey, question, n, seed, background)
-    train = subgroup_table(survey, question, background, rows, weighted=False)
+    train = subgroup_table(survey, question, background, rows, weighted=weighted_train, size_scaled=weighted_train)
     eligible = survey.eligible(question, background)
     truth_rows = eligible if mode == "full" else np.setdiff1d(eligible, rows)
     truth = subgroup_table(survey, question, background, truth_rows, weighted=weighted)
@@ -832,6 +871,27 @@ def iter_questions(survey: Survey, questions: Iterable[str] | None = None) -> li
     return qs
 
 
+def _split_units(table: SubgroupTable, fraction: float, seed: int) -> tuple[SubgroupTable, SubgroupTable]:
+    """:func:`split_counts` of a weighted table: each respondent to the second part with probability ``fraction``."""
+    rng = np.random.default_rng(seed)
+    second = rng.random(len(table.units)) < fraction
+
+    def part(u: np.ndarray) -> SubgroupTable:
+        group = u[:, 0].astype(np.int64)
+        n = np.bincount(group, minlength=table.n_subgroups)
+        totals = np.bincount(group, weights=u[:, 2], minlength=table.n_subgroups)
+        keep = n > 0
+        new_row = np.cumsum(keep) - 1
+        w = u[:, 2] * (n / np.where(totals > 0, totals, 1.0))[group]
+        counts = np.zeros((table.n_subgroups, table.n_options))
+        np.add.at(counts, (group, u[:, 1].astype(np.int64)), w)
+        units = np.column_stack([new_row[group], u[:, 1], w])
+        return replace(table, keys=table.keys[keep], counts=counts[keep], n=n[keep].astype(np.int64),
+                       meta=dict(table.meta), units=units)
+
+    return part(table.units[~second]), part(table.units[second])
+
+
 def split_counts(table: SubgroupTable, fraction: float, seed: int) -> tuple[SubgroupTable, SubgroupTable]:
     """Split a table's respondents at random into two tables (e.g. fit / validation).
 
@@ -839,11 +899,18 @@ def split_counts(table: SubgroupTable, fraction: float, seed: int) -> tuple[Subg
     with probability ``fraction``, independently; subgroups left with no
     respondent are dropped from that table.  Used to choose the number of
     training epochs on data the model did not train on.
+
+    A weighted training table (built with ``size_scaled``) is split the same
+    way, respondent by respondent (its ``units``), and each part is again
+    rescaled to its own respondents.
     """
-    if table.weighted:
-        raise DsaError("split_counts needs an unweighted (integer count) table")
     if not 0 < fraction < 1:
         raise DsaError(f"the validation fraction must be between 0 and 1, got {fraction!r}")
+    if table.weighted:
+        if table.units is None:
+            raise DsaError("split_counts needs an unweighted (integer count) table, or a weighted training table "
+                           "that keeps its respondents (subgroup_table(..., weighted=True, size_scaled=True))")
+        return _split_units(table, fraction, seed)
     counts = np.rint(table.counts).astype(np.int64)
     rng = np.random.default_rng(seed)
     second = rng.binomial(counts, fraction)

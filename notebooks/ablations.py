@@ -81,6 +81,7 @@ phase1 = {}  # dsalib.train.Phase1Config fields shared by every row (epochs is s
 phase2 = {}  # dsalib.train.Phase2Config fields
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
+weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/ablations/<dataset>/ (git-ignored); relative paths are under the repository root

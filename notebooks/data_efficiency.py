@@ -78,6 +78,7 @@ phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
+weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 metric = "jsd_mean"  # the error compared: jsd_mean, jsd_wmean, wd_mean, wd_wmean, wd_scaled_mean or wd_scaled_wmean
 ts_sizes = [50, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500]  # the TS grid of training sizes
 ts_n_seeds = 20  # TS samples per grid size (seeds 0, 1, and so on)

@@ -60,6 +60,7 @@ phase2 = {}  # dsalib.train.Phase2Config fields, e.g. {"min_pair_size": 10}
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
+weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
 store_root = "cache/runs"  # shared resumable result stores reused by the other studies; None keeps them in output_dir
 output_dir = None  # None means runs/enhancement/<dataset>/ (git-ignored); relative paths are under the repository root

@@ -70,6 +70,7 @@ phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
+weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 metric = "jsd"  # per-subgroup error that decides better or worse: jsd, wd or wd_scaled
 templates = ["default", "para1", "para2", "para3", "para4"]  # prompt templates compared (PE has only persona)
 prompt_methods = ["Direct", "AAE", "TKFT", "DSA"]  # methods of the prompt-consistency part; empty skips it

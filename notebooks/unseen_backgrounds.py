@@ -65,6 +65,7 @@ phase2 = {}  # dsalib.train.Phase2Config fields
 strategy = "last_layer"  # fine-tuning strategy: last_layer, lora or full
 min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
+weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 size_bins = [10, 20, 50, 100]  # lower edges of the truth-size bins; the last bin is open
 figure_methods = ["TS", "MNL", "TKFT", "DSA", "EB-DSA"]  # methods drawn in the per-subgroup figure
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only

@@ -42,6 +42,29 @@ def test_both_modes_from_one_run(tmp_path):
     assert rows["code_commit"].notna().all()
 
 
+def test_weighted_training_is_its_own_run(tmp_path):
+    """weighted_train: the training distributions are weighted (TS predicts the weighted sample), its own store."""
+    plain = _cfg(dataset="ess10no", weighted_truth=True)
+    weighted = _cfg(dataset="ess10no", weighted_truth=True, weighted_train=True)
+    assert experiments.store_dir_for(plain, "heldout", tmp_path) != experiments.store_dir_for(weighted, "heldout", tmp_path)
+    a = experiments.run_enhancement(plain, modes=["heldout"], store_root=tmp_path, progress=None)
+    b = experiments.run_enhancement(weighted, modes=["heldout"], store_root=tmp_path, progress=None)
+    # the same truth (the floor is identical), different training distributions (TS differs)
+    fa, fb = (r.set_index("method").loc["floor", "jsd_mean"] for r in (a, b))
+    assert fa == fb
+    ta, tb = (r.set_index("method").loc["TS", "jsd_mean"] for r in (a, b))
+    assert ta != tb
+    s = surveys.load_survey("ess10no", questions=["imbgeco"])
+    split = surveys.enhancement_split(s, "imbgeco", 200, 0, "heldout", weighted=True, weighted_train=True)
+    per = experiments.load_per_subgroup_modes(weighted, ["heldout"], tmp_path)
+    present = per[(per.method == "TS") & (per.train_n > 0)]
+    row = {label: i for i, label in enumerate(split.train.subgroup_labels())}
+    pcols = [c for c in per.columns if c.startswith("pred_")]
+    assert len(present) > 5
+    np.testing.assert_allclose(present[pcols].to_numpy(float),
+                               split.train.dist[[row[g] for g in present.subgroup]], atol=1e-12)
+
+
 def test_a_second_run_reuses_the_shared_store(tmp_path):
     first = experiments.run_enhancement(_cfg(), store_root=tmp_path, progress=None)
     d = experiments.store_dir_for(_cfg(), "full", tmp_path)

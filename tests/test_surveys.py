@@ -68,6 +68,45 @@ def test_weighted_table_uses_weights():
         surveys.subgroup_table(surveys.load_survey("ess9"), "imbgeco", weighted=True)
 
 
+def test_weighted_training_table_keeps_sizes_and_splits_by_respondents():
+    s = surveys.load_survey("ess10no")
+    rows = surveys.sample_respondents(s, "imbgeco", 500, seed=3)
+    plain = surveys.subgroup_table(s, "imbgeco", respondents=rows)
+    weighted = surveys.subgroup_table(s, "imbgeco", respondents=rows, weighted=True, size_scaled=True)
+    raw = surveys.subgroup_table(s, "imbgeco", respondents=rows, weighted=True)
+    # same subgroups and sizes; each row sums to its respondents; the distribution is the weighted one
+    assert np.array_equal(weighted.keys, plain.keys) and np.array_equal(weighted.n, plain.n)
+    assert np.allclose(weighted.counts.sum(axis=1), plain.n)
+    assert np.allclose(weighted.dist, raw.dist)
+    assert not np.allclose(weighted.dist, plain.dist)
+    # the split goes respondent by respondent: sizes add up, each part is rescaled to its own respondents
+    fit, val = surveys.split_counts(weighted, 0.2, seed=0)
+    assert fit.weighted and val.weighted
+    assert fit.n_respondents + val.n_respondents == plain.n_respondents
+    assert 0.1 < val.n_respondents / plain.n_respondents < 0.3
+    assert np.allclose(fit.counts.sum(axis=1), fit.n) and np.allclose(val.counts.sum(axis=1), val.n)
+    assert surveys.split_counts(weighted, 0.2, seed=0)[1].counts.tolist() == val.counts.tolist()  # seeded
+    # a subset keeps the respondents of the rows it keeps
+    big = weighted.subset(weighted.n >= 5)
+    assert len(big.units) == big.n_respondents
+    fit2, val2 = surveys.split_counts(big, 0.5, seed=1)
+    assert fit2.n_respondents + val2.n_respondents == big.n_respondents
+    with pytest.raises(DsaError, match="needs weighted=True"):
+        surveys.subgroup_table(s, "imbgeco", respondents=rows, size_scaled=True)
+    # a weighted table without its respondents cannot be split
+    with pytest.raises(DsaError, match="keeps its respondents"):
+        surveys.split_counts(raw, 0.2, seed=0)
+
+
+def test_weighted_training_split_in_enhancement(ess9):
+    s = surveys.load_survey("ess10no")
+    split = surveys.enhancement_split(s, "imbgeco", 300, 0, "heldout", weighted=True, weighted_train=True)
+    assert split.train.weighted and split.truth.weighted
+    assert split.train.n_respondents == 300
+    plain = surveys.enhancement_split(s, "imbgeco", 300, 0, "heldout")
+    assert not plain.train.weighted and np.array_equal(plain.train.n, split.train.n)
+
+
 def test_hamming_pairs(ess9):
     t = surveys.subgroup_table(ess9, "imbgeco")
     pairs = surveys.hamming1_pairs(t, min_size=10)
