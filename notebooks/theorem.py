@@ -45,19 +45,15 @@
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
-import seaborn as sns
 from IPython.display import display
-from matplotlib_inline.backend_inline import set_matplotlib_formats
+from matplotlib.lines import Line2D
 from myst_nb import glue
 
-from dsalib import config, results, study, theorem
+from dsalib import config, report, results, study, theorem
 
-set_matplotlib_formats("png")  # figures display as PNG under the (headless) Agg backend
-sns.set_theme(style="whitegrid", context="notebook")
-pd.set_option("display.precision", 4)
-pd.set_option("display.width", 160)
+report.style()
+results.use_png_figures()  # figures display (and glue) as PNG under the headless Agg backend
 _names_before_parameters = set(globals())
 
 # %% tags=["parameters"]
@@ -92,7 +88,8 @@ out_dir = study.OutputFolder(study.output_dir_for(cfg))  # tables go to a tempor
 # synthetic tables, no survey or language model: the tables record the seed and the code version
 prov = results.provenance(seeds=[params["seed"]], data_source="synthetic factorised tables (dsalib.theorem)")
 print(f"output_dir: {out_dir.shown}")
-pd.Series({k: v for k, v in params.items()}, name="value").to_frame()
+display(report.table(pd.DataFrame({"parameter": list(params), "value": list(params.values())}),
+                     caption="The parameters of this run", max_rows=30))
 
 # %% [markdown]
 # ## 1. Exact recovery on factorised tables
@@ -124,7 +121,10 @@ key_numbers = {}  # name -> value; glued for the book and written to key_numbers
 key_numbers["theorem_max_error"] = float(recovery["max_abs_error"].max())
 key_numbers["theorem_n_cases"] = int(len(recovery))
 print(f"largest absolute error over {len(recovery):,} cases: {key_numbers['theorem_max_error']:.2e}")
-recovery_summary
+display(report.table(recovery_summary.assign(max_abs_error=recovery_summary.max_abs_error.map(lambda v: f"{v:.1e}"),
+                                             max_jsd=recovery_summary.max_jsd.map(lambda v: f"{v:.1e}"))
+                     .rename(columns={"max_abs_error": "largest absolute error", "max_jsd": "largest JSD"}),
+                     caption="Ratio transfer on factorised tables: error against the true target"))
 
 # %% [markdown]
 # ## 2. Ratio transfer vs DSA's quantile-mapping transfer (population level)
@@ -155,18 +155,25 @@ results.write_table(comparison_summary, out_dir / "transfer_comparison.csv", pro
 for row in comparison_summary.itertuples():
     key_numbers[f"theorem_{row.method}_jsd_{row.effects}"] = float(row.jsd_mean)
     key_numbers[f"theorem_{row.method}_wd_{row.effects}"] = float(row.wd_scaled_mean)
-comparison_summary
+display(report.table(comparison_summary, caption="Transfer error on factorised tables, per kind of effects"))
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4))
-plot_df = comparison[comparison["method"].isin(["no_shift", "quantile_pair", "quantile_pooled"])]
-sns.boxplot(data=plot_df, x="method", y="jsd", hue="effects", ax=ax, fliersize=1)
-ax.set(ylabel="JSD to the true target", xlabel="",
-       title="Quantile-mapping transfer on factorised tables (ratio transfer: 0 up to rounding)")
+shown = ["no_shift", "quantile_pair", "quantile_pooled"]
+fig, axes = report.figure(1, len(params["effects"]), height=4.2, sharey=True)
+for ax, eff in zip(axes[0], params["effects"]):
+    d = comparison[comparison.effects == eff]
+    boxes = ax.boxplot([d[d.method == m].jsd.to_numpy() for m in shown], patch_artist=True, widths=0.6,
+                       flierprops={"markersize": 2})
+    for patch, m in zip(boxes["boxes"], shown):
+        patch.set_facecolor(report.method_color(m))
+    ax.set_xticks(range(1, len(shown) + 1), [m.replace("_", " ") for m in shown])
+    ax.set_title(f"{eff} effects")
+axes[0][0].set_ylabel("JSD to the true target")
+fig.suptitle("Quantile-mapping transfer on factorised tables (ratio transfer: 0 up to rounding)")
+report.check_fits_column(fig)
 results.write_figure(fig, out_dir / "transfer_comparison.png")
 glue("theorem_fig_transfer_comparison", fig, display=False)
-display(fig)
-plt.close(fig)
+results.show(fig)
 
 # %% [markdown]
 # ## 3. Error growth when the table is not factorised
@@ -196,20 +203,27 @@ s_max = max(params["interaction_grid"])
 key_numbers["theorem_max_interaction"] = s_max
 for row in growth_summary[growth_summary["interaction"] == s_max].itertuples():
     key_numbers[f"theorem_growth_{row.method}_jsd_{row.effects}"] = float(row.jsd_mean)
-growth_summary.pivot_table(index=["effects", "interaction"], columns="method", values="jsd_mean")
+growth_wide = growth_summary.pivot_table(index=["effects", "interaction"], columns="method", values="jsd_mean")
+growth_wide = growth_wide[report.method_order(growth_wide.columns)].reset_index()
+display(report.table(growth_wide, caption="Mean JSD to the true target by interaction strength"))
 
 # %%
-g = sns.relplot(data=growth_summary, x="interaction", y="jsd_mean", hue="method", col="effects",
-                kind="line", marker="o", height=3.6, aspect=1.2)
-g.set(ylabel="mean JSD to the true target", xlabel="interaction strength")
-for ax in g.axes.flat:
+fig, axes = report.figure(1, len(params["effects"]), height=4.2, sharey=True)
+for ax, eff in zip(axes[0], params["effects"]):
+    d = growth_summary[growth_summary.effects == eff]
+    for m in report.method_order(d.method):  # a line joins one method's strengths (an ordered axis)
+        dm = d[d.method == m].sort_values("interaction")
+        ax.plot(dm.interaction, dm.jsd_mean, marker="o", color=report.method_color(m), label=m.replace("_", " "))
     ax.set_yscale("symlog", linthresh=1e-3)  # linear below 1e-3, so the exact zeros show
-    ax.set_ylim(bottom=0)
-g.figure.suptitle("Transfer error as the factorisation assumption fails", y=1.03)
-results.write_figure(g.figure, out_dir / "error_growth.png")
-glue("theorem_fig_error_growth", g.figure, display=False)
-display(g.figure)
-plt.close(g.figure)
+    ax.set_ylim(bottom=0)  # JSD is never negative
+    ax.set_xlabel("interaction strength")
+    ax.set_title(f"{eff} effects")
+axes[0][0].set_ylabel("mean JSD to the true target")
+report.legend_outside(fig, where="below")
+report.check_fits_column(fig)
+results.write_figure(fig, out_dir / "error_growth.png")
+glue("theorem_fig_error_growth", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## 4. Finite samples: a rare subgroup
@@ -238,12 +252,14 @@ breaks = pd.concat(
     [theorem.break_even(finite_summary, own="empirical", transfer=t) for t in theorem.METHODS], ignore_index=True
 )
 results.write_table(breaks, out_dir / "break_even.csv", prov)
-finite_summary.pivot_table(index=["effects", "interaction", "reference_size", "rare_size"], columns="method",
-                           values="jsd_mean")
+finite_wide = finite_summary.pivot_table(index=["effects", "interaction", "reference_size", "rare_size"],
+                                         columns="method", values="jsd_mean")
+finite_wide = finite_wide[report.method_order(finite_wide.columns)].reset_index()
+display(report.table(finite_wide, caption="Mean JSD of the rare subgroup's estimate", max_rows=16))
 
 # %% [markdown]
 # The smallest rare size on the grid at which the target's own raw sample is at
-# least as accurate (mean JSD) as each transfer (`NaN`: never on this grid).
+# least as accurate (mean JSD) as each transfer ("—": never on this grid).
 
 # %%
 ref_max = max(params["reference_sizes"])
@@ -251,18 +267,44 @@ key_numbers["theorem_reference_size"] = ref_max
 for row in breaks[(breaks["interaction"] == min(params["finite_interactions"]))
                   & (breaks["reference_size"] == ref_max)].itertuples():
     key_numbers[f"theorem_break_even_{row.transfer}_{row.effects}"] = float(row.break_even_rare_size)
-breaks.pivot_table(index=["effects", "interaction", "reference_size"], columns="transfer",
-                   values="break_even_rare_size", dropna=False)
+breaks_wide = breaks.pivot_table(index=["effects", "interaction", "reference_size"], columns="transfer",
+                                 values="break_even_rare_size", dropna=False)
+breaks_wide = breaks_wide[report.method_order(breaks_wide.columns)].reset_index()
+display(report.table(breaks_wide, caption="Break-even rare size: own sample at least as accurate as the transfer",
+                     missing="never on this grid"))
 
 # %%
-g = sns.relplot(data=finite_summary, x="rare_size", y="jsd_mean", hue="method", style="reference_size",
-                row="effects", col="interaction", kind="line", marker="o", height=3.4, aspect=1.25)
-g.set(xscale="log", yscale="log", xlabel="respondents in the rare subgroup", ylabel="mean JSD to the truth")
-g.figure.suptitle("Rare subgroup: own sample vs shift transfer from large subgroups", y=1.02)
-results.write_figure(g.figure, out_dir / "finite_sample.png")
-glue("theorem_fig_finite_sample", g.figure, display=False)
-display(g.figure)
-plt.close(g.figure)
+effs, inters = params["effects"], list(dict.fromkeys(finite_summary.interaction))
+styles = dict(zip(sorted(set(finite_summary.reference_size)), ["-", "--", ":", "-."]))
+fig, axes = report.figure(len(effs), len(inters), height=3.4 * len(effs), sharex=True, sharey=True)
+for i, eff in enumerate(effs):
+    for j, s_ in enumerate(inters):
+        ax = axes[i][j]
+        d = finite_summary[(finite_summary.effects == eff) & (finite_summary.interaction == s_)]
+        for m in report.method_order(d.method):  # lines join one method's sizes (an ordered axis)
+            for ref, ls in styles.items():
+                dm = d[(d.method == m) & (d.reference_size == ref)].sort_values("rare_size")
+                ax.plot(dm.rare_size, dm.jsd_mean, marker="o", ms=3, ls=ls, color=report.method_color(m),
+                        label=m.replace("_", " ") if ref == min(styles) else None)
+        report.log_axis(ax, params["rare_sizes"])
+        ax.set_yscale("log")
+        ax.set_title(f"{eff} effects, interaction {s_:g}")
+    axes[i][0].set_ylabel("mean JSD to the truth")
+for ax in axes[-1]:
+    ax.set_xlabel("respondents in the rare subgroup")
+handles, labels = [], []
+for ax in axes.flat:
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+        if lab not in labels:
+            handles.append(h)
+            labels.append(lab)
+handles += [Line2D([], [], color="0.3", ls=ls) for ls in styles.values()]
+labels += [f"reference subgroups of {ref:,}" for ref in styles]
+report.legend_outside(fig, where="below", handles=handles, labels=labels, ncol=3)
+report.check_fits_column(fig)
+results.write_figure(fig, out_dir / "finite_sample.png")
+glue("theorem_fig_finite_sample", fig, display=False)
+results.show(fig)
 
 # %% [markdown]
 # ## Key numbers
@@ -277,7 +319,9 @@ for name, value in key_numbers.items():
     glue(name, value, display=False)
 key_table = pd.DataFrame({"name": list(key_numbers), "value": list(key_numbers.values())})
 results.write_table(key_table, out_dir / "key_numbers.csv", prov)
-key_table
+tiny = lambda v: f"{v:.1e}" if isinstance(v, float) and 0 < abs(v) < 1e-3 else v  # noqa: E731 (rounding-level values)
+display(report.table(key_table.assign(value=key_table.value.map(tiny)), caption="Key numbers glued into the book",
+                     max_rows=20, missing="beyond the grid"))
 
 # %% [markdown]
 # ## Run metadata
@@ -294,5 +338,5 @@ meta_path = results.write_metadata(
     figures=sorted(p.name for p in out_dir.path.glob("*.png")),
 )
 print(f"wrote {meta_path.name}; {out_dir.shown} holds:")
-out_dir.commit()  # the tables replace the output folder's previous ones as one set
-print(sorted(p.name for p in out_dir.final.iterdir()))
+final_dir = out_dir.commit()  # the tables replace the output folder's previous ones as one set
+print(", ".join(sorted(p.name for p in final_dir.iterdir())))
