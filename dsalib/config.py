@@ -104,6 +104,15 @@ def _effects():
     return EFFECTS
 
 
+#: Default byte budget of the in-memory frozen-prefix cache (dsalib.engine.PrefixCache): 8 GiB.
+DEFAULT_PREFIX_CACHE_BYTES = 8 * 2**30
+
+#: Where the model's weights go: fields of every study that loads a model.  They change where and how fast a run
+#: goes, never its results, so no result store is keyed by them.
+MODEL_PLACEMENT_FIELDS = ("prefix_cache_bytes", "prefix_batch_size", "device_map")
+_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def _param(default: Any = dataclasses.MISSING, *, doc: str = "", choices=None, min=None, max=None,
            nonempty: bool = False, distinct: bool = False, **kw):
     """A configuration field: default (lists are copied), documentation and the checks of its value.
@@ -345,6 +354,14 @@ class _EnhancementSettings(_DataSettings):
                                   "weights (each subgroup keeps its respondent count as its size)")
     prefix_cache: str | None = _param("cache/prefix", doc="on-disk cache of frozen-prefix activations; "
                                       "None keeps it in memory only")
+    prefix_cache_bytes: int | None = _param(DEFAULT_PREFIX_CACHE_BYTES, doc="byte budget of the in-memory "
+                                            "frozen-prefix cache (least recently used entries go first); None: "
+                                            "unbounded", min=1)
+    prefix_batch_size: int | None = _param(None, doc="prompts per frozen-prefix pass; None: the model's batch "
+                                           "size (16)", min=1)
+    device_map: str | None = _param(None, doc="accelerate placement of the model over the GPUs (and CPU/disk): "
+                                    "auto, balanced, balanced_low_0 or sequential; None: one device",
+                                    choices=_DEVICE_MAPS)
     store_root: str | None = _param("cache/runs", doc="shared resumable result stores; None keeps them in output_dir")
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/<study>/<dataset>/ "
                                     "(relative paths are under the repository root)")
@@ -544,6 +561,14 @@ class GenerationConfig(StudyConfig):
     min_eval_size: int = _param(10, doc="smallest test subgroup that is evaluated", min=1)
     min_train_subgroups: int = _param(2, doc="fewest training subgroups a training question may have", min=1)
     prefix_cache: str | None = _param("cache/prefix", doc="on-disk cache of frozen-prefix activations")
+    prefix_cache_bytes: int | None = _param(DEFAULT_PREFIX_CACHE_BYTES, doc="byte budget of the in-memory "
+                                            "frozen-prefix cache (least recently used entries go first); None: "
+                                            "unbounded", min=1)
+    prefix_batch_size: int | None = _param(None, doc="prompts per frozen-prefix pass; None: the model's batch "
+                                           "size (16)", min=1)
+    device_map: str | None = _param(None, doc="accelerate placement of the model over the GPUs (and CPU/disk): "
+                                    "auto, balanced, balanced_low_0 or sequential; None: one device",
+                                    choices=_DEVICE_MAPS)
     store_root: str | None = _param("cache/runs", doc="resumable result stores; None keeps them in output_dir")
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/generation/<dataset>/")
 

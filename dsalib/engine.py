@@ -281,7 +281,7 @@ def _resident_weight(module: nn.Module, name: str = "weight") -> torch.Tensor:
 # --------------------------------------------------------------------------- the prefix cache
 
 #: Default byte budget of the in-memory prefix cache (see :class:`PrefixCache`).
-DEFAULT_PREFIX_CACHE_BYTES = 8 * 2**30
+from dsalib.config import DEFAULT_PREFIX_CACHE_BYTES  # noqa: E402  (one place for the default)
 
 
 class PrefixCache:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import baselines, metrics, methods, surveys
-from .config import EnhancementConfig
+from .config import MODEL_PLACEMENT_FIELDS, EnhancementConfig
 from .errors import ParameterError
 from .results import ResultStore, RunKey, code_version
 from .stores import DEFAULT_STORE_ROOT, store_dir, store_key
@@ -135,7 +135,7 @@ def _order_methods(names: Sequence[str]) -> list[str]:
 
 #: EnhancementConfig fields that do not change a stored result (they select which keys run, or where things go).
 _NOT_IN_STORE = ("seeds", "methods", "questions", "modes", "data_dir", "source", "prefix_cache", "store_root",
-                 "output_dir")
+                 "output_dir", *MODEL_PLACEMENT_FIELDS)
 
 
 def store_settings(cfg: EnhancementConfig, mode: str, survey) -> dict:
@@ -240,7 +240,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
             if lm is None and any(methods.needs_model(m) and any(t.pending(m) for t in truths) for m in order):
                 from .llm_methods import LanguageModel
 
-                lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache, chat_template=cfg.chat_template)
+                lm = LanguageModel.from_config(cfg)
 
             def fit(name, fitted, seed=seed):
                 prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \

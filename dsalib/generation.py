@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 
 from . import baselines, prompts, surveys
-from .config import GenerationConfig
+from .config import MODEL_PLACEMENT_FIELDS, GenerationConfig
 from .errors import DsaError, ParameterError
 from .llm_methods import FineTuned
 from .results import ResultStore
@@ -354,7 +354,8 @@ def reference_predict(name: str, split: GenerationSplit, which: str, question: s
 # --------------------------------------------------------------------------
 
 #: GenerationConfig fields that do not change a stored result (they select which keys run, or where things go).
-_NOT_IN_STORE = ("seeds", "methods", "data_dir", "source", "prefix_cache", "store_root", "output_dir")
+_NOT_IN_STORE = ("seeds", "methods", "data_dir", "source", "prefix_cache", "store_root", "output_dir",
+                 *MODEL_PLACEMENT_FIELDS)
 
 
 def store_settings(cfg: GenerationConfig, survey: Survey) -> dict:

@@ -117,7 +117,7 @@ def run_unit(cfg, unit: Unit, modes: Sequence[str] | None = None, store_root: st
     if unit.kind == "gpu":
         from .llm_methods import LanguageModel
 
-        lm = LanguageModel.load(cfg.model, **{"prefix_cache_dir": cfg.prefix_cache, **dict(lm_kwargs or {})})
+        lm = LanguageModel.from_config(cfg, **dict(lm_kwargs or {}))
     experiments.run_enhancement(sub, lm=lm, modes=list(modes), store_root=store_root, floor=unit.floor)
     return {"unit": unit.name, "computed": count() - before}
 

@@ -84,6 +84,20 @@ class LanguageModel:
         model, tok = lm_mod.load_model(name, **load_kw)
         return cls(name=name, model=model, tokenizer=tok, **kwargs)
 
+    @classmethod
+    def from_config(cls, cfg, model: str | None = None, **kwargs) -> "LanguageModel":
+        """The model of a study configuration (:mod:`dsalib.config`): ``model`` (default ``cfg.model``) with the
+        configuration's prefix cache, its budget and batch size, placement and chat template; ``kwargs`` add to
+        or override them (e.g. ``device``)."""
+        settings = {"prefix_cache_dir": getattr(cfg, "prefix_cache", None),
+                    "chat_template": getattr(cfg, "chat_template", False)}
+        for name in ("prefix_cache_bytes", "prefix_batch_size", "device_map"):
+            if hasattr(cfg, name):
+                settings[name] = getattr(cfg, name)
+        if settings.get("device_map") is None:
+            settings.pop("device_map", None)
+        return cls.load(model or cfg.model, **{**settings, **kwargs})
+
     def rule(self, n_options: int) -> "lm_mod.OptionRule":
         labels = prompts.option_labels(n_options, self.labels)
         return lm_mod.OptionRule(labels=labels, leading_space=self.leading_space,

@@ -443,8 +443,8 @@ def run_ablations(cfg, store_root=DEFAULT_STORE_ROOT, survey=None, load_model=No
     - ``model``: the default settings per model of ``models`` (the study's own model reuses
       the ``selected`` rows).
 
-    ``load_model``: name → language model (default: :meth:`dsalib.llm_methods.LanguageModel.load`
-    with ``cfg.prefix_cache``); one model is held at a time. ``option_rules``: model → its
+    ``load_model``: name → language model (default: :meth:`dsalib.llm_methods.LanguageModel.from_config`
+    of ``cfg`` with that name); one model is held at a time. ``option_rules``: model → its
     option rule. ``phase_results``: the ``phase`` part's rows without the labels.
     """
     import gc
@@ -455,7 +455,7 @@ def run_ablations(cfg, store_root=DEFAULT_STORE_ROOT, survey=None, load_model=No
         from .llm_methods import LanguageModel
 
         def load_model(name):
-            return LanguageModel.load(name, prefix_cache_dir=cfg.prefix_cache)
+            return LanguageModel.from_config(cfg, name)
 
     def run(c, lm):
         return experiments.run_enhancement(c, lm=lm, store_root=store_root, survey=survey, progress=progress)

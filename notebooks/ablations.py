@@ -83,6 +83,9 @@ min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
 weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/ablations/<dataset>/ (git-ignored); relative paths are under the repository root
 

@@ -87,6 +87,9 @@ curve_methods = ["TS", "MNL", "AAE", "TKFT", "DSA", "EB-DSA"]  # methods run acr
 curve_questions = None  # questions of the runs across sizes; None means the questions above
 curve_seeds = [0, 1, 2]  # training samples of the runs across sizes
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/data_efficiency/<dataset>/ (git-ignored); relative paths are under the repository root
 
@@ -125,7 +128,7 @@ uses_model = any(method_registry.needs_model(m) for m in methods + curve_methods
 if pending and uses_model:
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
+    lm = LanguageModel.from_config(cfg)
 stage_seconds = {}
 t0 = time.perf_counter()
 ref = efficiency.run_sizes(ref_cfg, [n], modes, store_root, lm=lm, survey=survey)

@@ -62,6 +62,9 @@ min_eval_size = 10  # smallest truth subgroup that is evaluated
 weighted_truth = False  # weight the truth by the survey's respondent weights
 weighted_train = False  # weight the training distributions too (each subgroup keeps its respondent count as its size)
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # shared resumable result stores reused by the other studies; None keeps them in output_dir
 output_dir = None  # None means runs/enhancement/<dataset>/ (git-ignored); relative paths are under the repository root
 
@@ -83,7 +86,7 @@ lm = None
 if any(method_registry.needs_model(m) for m in cfg.methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(cfg.model, prefix_cache_dir=cfg.prefix_cache)
+    lm = LanguageModel.from_config(cfg)
 res = experiments.run_enhancement(cfg, lm=lm, store_root=store_root, survey=survey)
 prov = results.provenance(survey, model=cfg.model if lm else None, option_rule=lm.describe() if lm else None,
                           seeds=cfg.seeds, n=cfg.n, template=cfg.template)

@@ -77,6 +77,9 @@ min_train_subgroups = 2  # fewest training subgroups a training question may hav
 data_dir = None  # folder with downloaded archive files (None means DSA_DATA_DIR or data/)
 source = "auto"  # which source of the spec: auto (the archive file if present), file or embedded
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/generation/<dataset>/ (git-ignored); relative paths are under the repository root
 
@@ -125,7 +128,7 @@ lm = None
 if any(m in generation.LLM_METHODS for m in methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
+    lm = LanguageModel.from_config(cfg)
 res, per = generation.run_generation(cfg, lm=lm, store_root=store_root, split=split)
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe(split.n_options) if lm else None,
                           seeds=seeds, truth_mode="test population (no overlap with training)",

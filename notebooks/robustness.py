@@ -78,6 +78,9 @@ prompt_questions = None  # questions of the prompt part; None means the question
 prompt_seeds = [0, 1]  # training samples of the prompt part
 prompt_mode = "full"  # truth mode whose evaluated subgroups are compared across templates
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/robustness/<dataset>/ (git-ignored); relative paths are under the repository root
 
@@ -101,7 +104,7 @@ lm = None
 if any(method_registry.needs_model(m) for m in list(methods) + list(prompt_methods)):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
+    lm = LanguageModel.from_config(cfg)
 prov = results.provenance(survey, model=model if lm else None, option_rule=lm.describe() if lm else None,
                           seeds=seeds, n=n, metric=metric)
 res, per = robustness.run_training_sizes(cfg, [n] + list(sizes), lm=lm, store_root=store_root, survey=survey)

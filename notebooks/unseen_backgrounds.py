@@ -69,6 +69,9 @@ weighted_train = False  # weight the training distributions too (each subgroup k
 size_bins = [10, 20, 50, 100]  # lower edges of the truth-size bins; the last bin is open
 figure_methods = ["TS", "MNL", "TKFT", "DSA", "EB-DSA"]  # methods drawn in the per-subgroup figure
 prefix_cache = "cache/prefix"  # on-disk cache of frozen-prefix activations; None keeps it in memory only
+prefix_cache_bytes = 8589934592  # 8 GiB: in-memory frozen-prefix cache budget (least recently used go first); None: unbounded
+prefix_batch_size = None  # prompts per frozen-prefix pass; None: the model's batch size
+device_map = None  # accelerate placement over GPUs/CPU/disk: auto, balanced, balanced_low_0, sequential; None: one device
 store_root = "cache/runs"  # shared resumable result stores; None keeps them in output_dir
 output_dir = None  # None means runs/unseen_backgrounds/<dataset>/ (git-ignored); relative paths are under the repository root
 
@@ -94,7 +97,7 @@ lm = None
 if pending and any(method_registry.needs_model(m) for m in methods):
     from dsalib.llm_methods import LanguageModel
 
-    lm = LanguageModel.load(model, prefix_cache_dir=prefix_cache)
+    lm = LanguageModel.from_config(cfg)
 res = experiments.run_enhancement(enh_cfg, lm=lm, store_root=store_root, survey=survey)
 option_rule = efficiency.stored_option_rule(res)
 uses_model = any(method_registry.needs_model(m) for m in methods)

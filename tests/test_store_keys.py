@@ -50,6 +50,22 @@ def test_defaults_filled_in_give_one_key(tmp_path):
     assert a != experiments.store_dir_for(_cfg(phase1={"lr": 1e-3}), "full", tmp_path)
 
 
+def test_placement_settings_are_not_in_the_key_and_reach_the_model(tmp_path):
+    """Where the model runs (cache budget, prefix batch, device map) never changes a result: one store."""
+    a = experiments.store_dir_for(_cfg(), "full", tmp_path)
+    placed = _cfg(prefix_cache_bytes=10**6, prefix_batch_size=4, device_map="auto")
+    assert a == experiments.store_dir_for(placed, "full", tmp_path)
+    assert set(config.MODEL_PLACEMENT_FIELDS) <= set(EnhancementConfig().to_params())
+    assert set(config.MODEL_PLACEMENT_FIELDS) <= set(config.GenerationConfig().to_params())
+    from dsalib.llm_methods import LanguageModel
+
+    lm = LanguageModel.from_config(_cfg(model="tiny", prefix_cache=None, prefix_cache_bytes=12345,
+                                        prefix_batch_size=3, chat_template=False))
+    assert (lm.prefix_cache_bytes, lm.prefix_batch_size, lm.prefix_cache_dir) == (12345, 3, None)
+    om, _ = lm.option_model(3)
+    assert om.prefix_batch_size == 3 and om.prefix_cache.budget_bytes == 12345
+
+
 def test_every_resolved_default_is_in_the_key():
     """Changing a default changes the key: the key holds the resolved value of every setting, not the overrides."""
     ess9 = surveys.load_survey("ess9")
