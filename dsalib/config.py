@@ -124,7 +124,7 @@ def _param(default: Any = dataclasses.MISSING, *, doc: str = "", choices=None, m
     if isinstance(default, (list, dict)):
         value = default
         return field(default_factory=lambda: _copy(value), metadata=meta, **kw)
-    if default in (Phase1Config, Phase2Config):
+    if default in (Phase1Config, Phase2Config) or callable(default):  # a phase config (or a factory of one)
         return field(default_factory=default, metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
 
@@ -520,6 +520,37 @@ class AblationsConfig(_EnhancementSettings):
                                 strategy=strategy, template="default")
 
 
+@dataclass
+class DsaRegimeConfig(_EnhancementSettings):
+    """DSA in the paper's regime (``notebooks/dsa_regime.ipynb``, :mod:`dsalib.regime`): a large survey, n = 4,000,
+    a background coarse enough for many respondents per training subgroup; TKFT and DSA variants compared."""
+
+    study: typing.ClassVar[str] = "dsa_regime"
+    dataset: str = _param("gss_abortion", doc="a large dataset spec (gss_abortion, wvs_immig, wvs_justifbribe)")
+    questions: list[str] | None = _param(["abany"], doc="core questions; None means every question",
+                                         nonempty=True, distinct=True)
+    background: list[str] | None = _param(["sex", "party", "decade"], doc="background attributes, coarse enough "
+                                          "for min_mean_train_size", nonempty=True, distinct=True)
+    n: int = _param(4000, doc="training sample size (the paper's 4,000)", min=1)
+    baselines: list[str] = _param(["TS", "MNL"], doc="statistical references", choices=_methods, distinct=True)
+    paper_phase1: Phase1Config = _param(lambda: Phase1Config(epochs=1, lr=5e-5),
+                                        doc="Phase 1 of the paper's setting (one epoch at lr 5e-5)")
+    paper_phase2: Phase2Config = _param(lambda: Phase2Config(min_pair_size=10, guard=False),
+                                        doc="Phase 2 of the paper's setting (pairs of ≥ 10 respondents, no guard)")
+    min_mean_train_size: float = _param(50.0, doc="fewest training respondents per subgroup on average (checked "
+                                        "on the first seed's sample before anything runs)", min=1.0)
+
+    def check(self) -> None:
+        from . import methods as _m
+
+        llm = [b for b in self.baselines if _m.needs_model(b)]
+        if llm:
+            raise ParameterError(f"parameter 'baselines' of the {self.study} study lists model-based method(s) "
+                                 f"{llm}; the TKFT and DSA rows are the study's own, give statistical methods")
+        if self.paper_phase1.epochs is None:
+            raise ParameterError(f"parameter 'paper_phase1' of the {self.study} study must fix epochs (the paper: 1)")
+
+
 # --------------------------------------------------------------------------
 # Generation and the theorem
 # --------------------------------------------------------------------------
@@ -673,7 +704,7 @@ class SummaryConfig(StudyConfig):
 #: Every study's configuration class, by notebook name.
 STUDIES: dict[str, type[StudyConfig]] = {c.study: c for c in (
     EnhancementConfig, GenerationConfig, DataEfficiencyConfig, UnseenBackgroundsConfig, RobustnessConfig,
-    AblationsConfig, TheoremConfig, Phase2CheckConfig, SummaryConfig)}
+    AblationsConfig, DsaRegimeConfig, TheoremConfig, Phase2CheckConfig, SummaryConfig)}
 
 
 def config_class(study: str) -> type[StudyConfig]:

@@ -46,7 +46,8 @@ from .errors import DsaError
 #: unseen backgrounds), in the order they are shown.
 OTHER_REFERENCES = ("TS-drop", "MNL-drop", "Marginal", "QMean", "empirical", "empirical_smoothed", "no_shift",
                     "quantile_pair", "quantile_pooled", "ratio_pair", "ratio_pooled", "EB-MNL(marginal)",
-                    "EB-MNL(crossfit)", "DSA-ratio", "ideal-P2(TS)", "ideal-P2(TKFT) DSA", "ideal-P2(TKFT) DSA-ratio")
+                    "EB-MNL(crossfit)", "DSA-ratio", "ideal-P2(TS)", "ideal-P2(TKFT) DSA", "ideal-P2(TKFT) DSA-ratio",
+                    "DSA (no guard)", "TKFT (paper)", "DSA (paper)")
 #: Methods in display order: the registry's (statistical, then LLM), other references, the noise floor last.
 METHOD_ORDER = (*method_registry.ALL, *OTHER_REFERENCES, "floor")
 
@@ -340,6 +341,9 @@ def _method_colors() -> dict[str, tuple]:
         "quantile_pair": tab[12], "quantile_pooled": tab[13], "ratio_pair": dark[0], "ratio_pooled": dark[3],
         "Stacked-MNL": dark[1], "EB-MNL(marginal)": dark[2], "EB-MNL(crossfit)": dark[5],
         "DSA-ratio": dark[4], "ideal-P2(TS)": dark[6], "ideal-P2(TKFT) DSA": dark[7], "ideal-P2(TKFT) DSA-ratio": (0.55, 0.35, 0.15),
+        # the paper-regime study's variants: DSA's hues, the paper's setting in TKFT's/DSA's darker shades
+        "DSA (no guard)": (0.80, 0.40, 0.55), "TKFT (paper)": (0.10, 0.45, 0.10),
+        "DSA (paper)": (0.55, 0.10, 0.10),
         "floor": (0.0, 0.0, 0.0),
     }
     return {m: tuple(float(c) for c in colors[m]) for m in METHOD_ORDER}
