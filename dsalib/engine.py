@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -476,6 +477,7 @@ class OptionModel(nn.Module):
         self._input_device = model_device(self.base_model)
         self.verify_tol = verify_tol if verify_tol is not None else 1e-4
         self._ids: list[list[int]] = []
+        self._row_options: np.ndarray | None = None  # options of each prepared prompt (None: all of the rule's)
         self._fingerprint: str | None = None
         self._warned_budget = False
         self.prefix_seconds = 0.0  # time spent running the frozen prefix
@@ -543,9 +545,18 @@ class OptionModel(nn.Module):
 
     # ------------------------------------------------------------------ prompts
 
-    def prepare(self, prompts: Sequence[str], progress: bool = False) -> "OptionModel":
+    def prepare(self, prompts: Sequence[str], progress: bool = False,
+                n_options: Sequence[int] | None = None) -> "OptionModel":
         """Tokenise ``prompts`` (checked against the rule and the context) and,
         for the cached ``last_layer`` engine, cache their last-block inputs.
+
+        ``n_options``: the number of options of each prompt's question, when
+        questions with different numbers of options are trained together (the
+        rule has the labels of the largest).  A prompt with ``k`` options is
+        normalised over the first ``k`` labels only: the other labels get
+        probability 0 (their logits are masked), so each row is exactly the
+        softmax over its own question's options.  None: every prompt has all
+        of the rule's options.
 
         Indices passed to :meth:`forward` refer to this list.  Prompts seen
         before (in memory, or in ``cache_dir``) are not recomputed.
@@ -556,6 +567,7 @@ class OptionModel(nn.Module):
         ``cache_dir`` if there is one, else recomputes its prefix (correct, but
         as slow as the plain path for that batch; a warning says so once).
         """
+        self._row_options = _row_options(n_options, len(prompts), self.rule.n_options)
         self._ids = encode_prompts(self.tokenizer, prompts, self.rule, model=self.base_model)
         if not self.cached:
             return self
@@ -724,7 +736,15 @@ class OptionModel(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         logits = logits.float()
         check_finite(logits, "option logits", rows=list(rows))
-        return torch.log_softmax(logits, dim=-1)
+        return torch.log_softmax(self._mask_options(logits, rows), dim=-1)
+
+    def _mask_options(self, logits: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """Logits of labels beyond each row's number of options set to -inf (see :meth:`prepare`)."""
+        if self._row_options is None:
+            return logits
+        k = torch.as_tensor(self._row_options[list(rows)], device=logits.device)
+        beyond = torch.arange(logits.shape[-1], device=logits.device)[None, :] >= k[:, None]
+        return logits.masked_fill(beyond, float("-inf"))
 
     def _cached_log_probs(self, entries: Sequence[torch.Tensor], rows: Sequence[int]) -> torch.Tensor:
         """The last block (fp32) at the answer position from cached inputs; rotary recomputed in fp32."""
@@ -762,7 +782,7 @@ class OptionModel(nn.Module):
         with torch.autocast(self._input_device.type, dtype=self._autocast_dtype or torch.float32,
                             enabled=self._autocast_dtype is not None):
             logp = label_log_probs(self.model, input_ids, mask, self.options, rows=rows)
-        return torch.log_softmax(logp.float(), dim=-1)
+        return torch.log_softmax(self._mask_options(logp.float(), rows), dim=-1)
 
     def log_probs(self, idx, grad: bool = True) -> torch.Tensor:
         """:meth:`forward`, with or without autograd; without, in batches of ``batch_size``."""
@@ -815,6 +835,19 @@ class OptionModel(nn.Module):
         if self.head.bias is not None:
             lm_head.bias[ids] = self.head.bias.to(lm_head.bias)
         return model
+
+
+def _row_options(n_options, n_prompts: int, most: int) -> np.ndarray | None:
+    """:meth:`OptionModel.prepare`'s ``n_options`` checked: one whole number in 2..``most`` per prompt, or None."""
+    if n_options is None:
+        return None
+    k = np.asarray(list(n_options))
+    if k.shape != (n_prompts,):
+        raise EngineError(f"n_options must give one number of options per prompt ({n_prompts}), got {k.shape[0]}")
+    if k.size and (not np.issubdtype(k.dtype, np.integer) or k.min() < 2 or k.max() > most):
+        raise EngineError(f"each prompt's number of options must be a whole number from 2 to the rule's {most}; "
+                          f"got values from {k.min()} to {k.max()}")
+    return None if k.size and (k == most).all() else k.astype(np.int64)
 
 
 def _option_head(model, ids: Sequence[int], device: torch.device) -> nn.Linear:

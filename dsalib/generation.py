@@ -102,7 +102,8 @@ class GenerationSplit:
 
     @property
     def n_options(self) -> int:
-        return self.survey.question(self.train_questions[0]).n_options
+        """The option head's labels: the most options of a training question (questions may differ)."""
+        return max(self.survey.question(q).n_options for q in self.train_questions)
 
     def test_questions_of(self, split: str) -> tuple[str, ...]:
         return tuple(self.truths[split])
@@ -142,8 +143,12 @@ def make_split(survey: Survey, cfg: GenerationConfig) -> GenerationSplit:
         raise ParameterError(f"heldout_levels and excluded_levels leave no level of '{cfg.heldout_attribute}' "
                              "for the training population")
     ks = {q: survey.question(q).n_options for q in train_qs + test_qs}
-    if len(set(ks.values())) != 1:
-        raise ParameterError(f"all questions must have the same number of options (one option head); got {ks}")
+    k_train = max(ks[q] for q in train_qs)
+    wide = {q: ks[q] for q in test_qs if ks[q] > k_train}
+    if wide:
+        raise ParameterError(f"test question(s) {wide} have more options than any training question (at most "
+                             f"{k_train}); the option head has the training questions' labels: add a training "
+                             "question with as many options")
     held = np.array([names.index(lv) for lv in cfg.heldout_levels])
     excluded = np.array([names.index(lv) for lv in cfg.excluded_levels], dtype=np.int64)
     level = survey.frame[cfg.heldout_attribute].to_numpy()
@@ -181,36 +186,44 @@ def make_split(survey: Survey, cfg: GenerationConfig) -> GenerationSplit:
 
 
 def stack_tables(tables: Sequence[SubgroupTable], name: str | None = None) -> SubgroupTable:
-    """One table of several questions' subgroup tables (same attributes and number of options).
+    """One table of several questions' subgroup tables (same attributes and levels; any numbers of options).
 
     Key column 0 is the question's position in ``tables``; column ``j + 1``
     is attribute ``j``'s level offset by the question (``q * L_j + level``),
     so two rows of different questions are never at Hamming distance 1
-    (Phase 2 pairs and operators stay within a question).
+    (Phase 2 pairs and operators stay within a question).  Questions with
+    fewer options than the largest have their counts padded with zeros; the
+    stacked table has the largest question's option labels, and
+    ``meta["options_per_question"]`` says how many options each question has
+    (a model trained on it normalises each row over its own question's
+    options, :meth:`dsalib.engine.OptionModel.prepare`).
     """
     tables = list(tables)
     if not tables:
         raise DsaError("stack_tables needs at least one table")
     first = tables[0]
     for t in tables[1:]:
-        if t.attributes != first.attributes or t.levels != first.levels or t.n_options != first.n_options:
-            raise DsaError(f"question '{t.question}' has other attributes, levels or number of options than "
-                           f"'{first.question}'; stacked questions must share them")
+        if t.attributes != first.attributes or t.levels != first.levels:
+            raise DsaError(f"question '{t.question}' has other attributes or levels than '{first.question}'; "
+                           "stacked questions must share them")
         if t.dataset != first.dataset:
             raise DsaError("stacked tables must come from one dataset")
+    widest = max(tables, key=lambda t: t.n_options)
+    k_max = widest.n_options
     n_lv = np.array([len(lv) for lv in first.levels])
     keys, counts, n = [], [], []
     for q, t in enumerate(tables):
         keys.append(np.column_stack([np.full(len(t.keys), q), t.keys + q * n_lv]).astype(np.int64))
-        counts.append(t.counts)
+        counts.append(np.pad(t.counts, ((0, 0), (0, k_max - t.n_options))))
         n.append(t.n)
     qnames = tuple(t.question for t in tables)
     levels = (qnames,) + tuple(tuple(f"{qn}:{lv}" for qn in qnames for lv in levs) for levs in first.levels)
     return SubgroupTable(dataset=first.dataset, question=name or "+".join(qnames),
                          attributes=("question",) + tuple(first.attributes), levels=levels,
                          keys=np.concatenate(keys), counts=np.concatenate(counts).astype(float),
-                         n=np.concatenate(n), option_labels=first.option_labels, weighted=False,
-                         meta={"stacked_questions": list(qnames), "source": first.meta.get("source")})
+                         n=np.concatenate(n), option_labels=widest.option_labels, weighted=False,
+                         meta={"stacked_questions": list(qnames), "source": first.meta.get("source"),
+                               "options_per_question": [int(t.n_options) for t in tables]})
 
 
 def unstack_keys(keys: np.ndarray, n_levels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -234,6 +247,7 @@ class MultiQuestionFineTuned(FineTuned):
     questions: tuple = ()
     attributes: tuple = ()
     _n_levels: tuple = ()
+    _options: tuple = ()  # options of each trained question
 
     def fit_questions(self, tables: dict | Sequence[SubgroupTable]) -> "MultiQuestionFineTuned":
         tables = list(tables.values()) if isinstance(tables, dict) else list(tables)
@@ -241,7 +255,14 @@ class MultiQuestionFineTuned(FineTuned):
         self.questions = tuple(t.question for t in tables)
         self.attributes = tuple(tables[0].attributes)
         self._n_levels = tuple(len(lv) for lv in tables[0].levels)
+        self._options = tuple(t.n_options for t in tables)
         return self.fit(stacked)
+
+    def _row_options(self, keys) -> list[int] | None:
+        if not self.questions:
+            return None
+        q, _ = unstack_keys(keys, self._n_levels)
+        return [self._options[i] for i in q.tolist()]
 
     def _prompts(self, keys) -> list[str]:
         if not self.questions:  # a plain single-question table
@@ -256,12 +277,13 @@ class MultiQuestionFineTuned(FineTuned):
         """Option distributions of ``question`` for subgroup ``keys`` (level indices of :attr:`attributes`)."""
         self._require_fit()
         cq = self.survey.question(question)
-        if cq.n_options != self.train.n_options:
-            raise DsaError(f"question '{question}' has {cq.n_options} options; the model was trained on "
-                           f"{self.train.n_options}-option questions")
+        if cq.n_options > self.train.n_options:
+            raise DsaError(f"question '{question}' has {cq.n_options} options; the model was trained on questions "
+                           f"with at most {self.train.n_options}: train it with a question that has as many")
         keys = np.asarray(keys, dtype=np.int64).reshape(-1, len(self.attributes))
-        return self._predict_prompts(self.lm.build_prompts(self.survey, question, keys, self.attributes,
-                                                           self.template))
+        p = self._predict_prompts(self.lm.build_prompts(self.survey, question, keys, self.attributes, self.template),
+                                  n_options=[cq.n_options] * len(keys))
+        return p[:, :cq.n_options]
 
 
 def fine_tuned(name: str, lm, survey: Survey, cfg: GenerationConfig, seed: int) -> MultiQuestionFineTuned:
@@ -333,12 +355,17 @@ def reference_predict(name: str, split: GenerationSplit, which: str, question: s
     if which not in REFERENCE_SPLITS.get(name, ()):
         raise DsaError(f"reference {name} is not defined on {which} (it applies to {REFERENCE_SPLITS.get(name)})")
     keys = np.asarray(keys, dtype=np.int64)
-    if name == "QMean":
-        return question_mean(split.train, keys, split.attributes, drop=split.heldout_attribute if which == "Both" else None)
+    if name in ("QMean", "Marginal") and which != "NewP":  # averages over training questions with as many options
+        k = split.survey.question(question).n_options
+        same = {q: t for q, t in split.train.items() if t.n_options == k}
+        if not same:
+            raise DsaError(f"reference {name} averages training questions with {k} options like '{question}'; "
+                           "there are none")
+        if name == "QMean":
+            return question_mean(same, keys, split.attributes, drop=split.heldout_attribute if which == "Both" else None)
+        return marginal_mean(same, len(keys))
     if name == "Marginal":
-        if which == "NewP":
-            return np.tile(split.train[question].marginal, (len(keys), 1))
-        return marginal_mean(split.train, len(keys))
+        return np.tile(split.train[question].marginal, (len(keys), 1))
     j = split.heldout_index
     table = drop_attribute(split.train[question], split.heldout_attribute)
     rest = np.delete(keys, j, axis=1)

@@ -344,6 +344,9 @@ class FineTuned(_PromptedMethod):
     phase1_config: "Phase1Config" = None
     phase2_config: "Phase2Config" = None
     report: dict = field(default_factory=dict)
+    #: Weights to start Phase 1 from instead of the pretrained ones (e.g. a model fine-tuned on the survey's other
+    #: questions: a warm start, :mod:`dsalib.cross_question`); a state dict of the same option model.
+    init_state: dict | None = field(default=None, repr=False)
     _state: dict | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -357,20 +360,21 @@ class FineTuned(_PromptedMethod):
 
         self._fit_common(train)
         om, initial = self.lm.option_model(train.n_options, self.strategy)
-        om.load_state_dict(initial)
-        om.prepare(self._prompts(train.keys))
+        start = initial if self.init_state is None else self.init_state
+        om.load_state_dict(start)
+        om.prepare(self._prompts(train.keys), n_options=self._row_options(train.keys))
         index = train.index_of  # the prepared prompts are the training table's rows
         c1, c2 = self.phase1_config, self.phase2_config
         rep: dict = {"method": self.name, "strategy": self.strategy, "engine": om.describe()}
         memo_base = (self.strategy, train.n_options, self.template, train.question, tuple(train.attributes),
                      hashlib.sha256(np.ascontiguousarray(train.keys).tobytes()
                                     + np.ascontiguousarray(train.counts).tobytes()).hexdigest(),
-                     repr(sorted(asdict(c1).items())))
+                     repr(sorted(asdict(c1).items())), _state_digest(self.init_state))
 
         def phase1(table, **kw):
-            """Phase 1 from the initial weights on ``table`` (memoised: DSA reuses TKFT's run)."""
+            """Phase 1 from the starting weights on ``table`` (memoised: DSA reuses TKFT's run)."""
             def compute():
-                om.load_state_dict(initial)
+                om.load_state_dict(start)
                 result = run_phase1(om, table, index, c1, **kw)
                 return result, om.state_dict()
 
@@ -408,6 +412,10 @@ class FineTuned(_PromptedMethod):
         self.report = rep
         return self
 
+    def _row_options(self, keys) -> list[int] | None:
+        """Options of each prompt's question when several questions are trained together (None: one question)."""
+        return None
+
     def _phase2_final(self, om, train: SubgroupTable, index, trial) -> dict:
         """Phase 2 on the whole training sample, unless the trial on the fit/validation split rules it out.
 
@@ -435,9 +443,9 @@ class FineTuned(_PromptedMethod):
     def predict(self, keys) -> np.ndarray:
         self._require_fit()
         keys = _check_keys(self.train, keys)
-        return self._predict_prompts(self._prompts(keys))
+        return self._predict_prompts(self._prompts(keys), self._row_options(keys))
 
-    def _predict_prompts(self, prompt_list: list[str]) -> np.ndarray:
+    def _predict_prompts(self, prompt_list: list[str], n_options: Sequence[int] | None = None) -> np.ndarray:
         """The fitted model's option distributions of ``prompt_list``.
 
         Under ``accelerate launch`` each process prepares (frozen-prefix pass)
@@ -452,15 +460,27 @@ class FineTuned(_PromptedMethod):
         om.load_state_dict(self._state)
         rank, world = process_share()
         share = prompt_list[rank::world]
+        share_options = None if n_options is None else list(n_options)[rank::world]
         try:
             if share:
-                local = om.prepare(share).predict()
+                local = om.prepare(share, n_options=share_options).predict()
             else:  # more processes than prompts
                 local = torch.zeros((0, self.train.n_options), device=om.device)
             out = gather_shards(local, len(prompt_list)).double().cpu().numpy()
         finally:
             om.load_state_dict(initial)
         return out / out.sum(axis=1, keepdims=True)
+
+
+def _state_digest(state: dict | None) -> str:
+    """A short hash of a state dict's tensors (the Phase 1 memo tells warm starts apart); "" for None."""
+    if state is None:
+        return ""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def tkft(lm: LanguageModel, survey: Survey, **kwargs) -> FineTuned:

@@ -1,5 +1,7 @@
 """The Generation task: splits on the embedded GSS data, multi-question training, references, bad input."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -162,7 +164,7 @@ def test_bad_input_is_a_clear_error(gss, kw, msg):
         G.make_split(gss, _cfg(**kw))
 
 
-def test_questions_must_share_the_number_of_options(tmp_path):
+def test_a_test_question_needs_a_training_question_with_as_many_options(tmp_path):
     from dsalib.surveys import recode
     import pandas as pd
 
@@ -178,5 +180,35 @@ def test_questions_must_share_the_number_of_options(tmp_path):
     survey = recode(spec, spec.sources[0], raw, "toy")
     cfg = G.GenerationConfig(dataset="toy", train_questions=["a"], test_questions=["b"], background=["g", "h"],
                              heldout_attribute="h", heldout_levels=["q"])
-    with pytest.raises(ParameterError, match="same number of options"):
+    with pytest.raises(ParameterError, match="more options than any training question"):
         G.make_split(survey, cfg)
+    # the other way round is fine: the option head has the training question's three labels
+    G.make_split(survey, cfg.replace(train_questions=["b"], test_questions=["a"]))
+
+
+def test_questions_with_different_numbers_of_options_train_together(tiny):
+    """BEPS: Blair (5 options) and Europe (11) in one model; each row is normalised over its own options."""
+    beps = surveys.load_survey("beps")
+    attrs = ("gender", "age")
+    tables = [surveys.subgroup_table(beps, q, attrs) for q in ("Blair", "Europe")]
+    stacked = G.stack_tables(tables)
+    assert stacked.n_options == 11 and stacked.meta["options_per_question"] == [5, 11]
+    assert (stacked.counts[: tables[0].n_subgroups, 5:] == 0).all()
+    cfg = _cfg(phase1={"epochs": 0})
+    ft = G.MultiQuestionFineTuned(lm=tiny, survey=beps, phase1_config=dataclasses.replace(cfg.phase1, seed=0))
+    ft.fit_questions(tables)
+    keys = tables[0].keys
+    # untrained (0 epochs): exactly the pretrained model's 5-option distribution, read from the 11-label head
+    p5 = ft.predict_question("Blair", keys)
+    zero = G.zero_shot(tiny, beps, "Blair", keys, attrs, "default")
+    assert p5.shape == (len(keys), 5)
+    np.testing.assert_allclose(p5, zero, atol=1e-5)
+    assert ft.predict_question("Europe", keys).shape == (len(keys), 11)
+    # trained: the 5-option rows put no mass beyond their options, and the loss falls
+    ft = G.MultiQuestionFineTuned(lm=tiny, survey=beps, phase1_config=dataclasses.replace(
+        _cfg(phase1={"epochs": 3, "lr": 3e-3}).phase1, seed=0)).fit_questions(tables)
+    losses = ft.report["phase1"]["train_loss"]
+    assert losses[-1] < losses[0]
+    full = ft.predict(stacked.keys)
+    assert np.allclose(full.sum(axis=1), 1) and (full[: tables[0].n_subgroups, 5:] == 0).all()
+    assert (full[tables[0].n_subgroups:] > 0).all()
