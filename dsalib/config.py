@@ -521,6 +521,26 @@ class AblationsConfig(_EnhancementSettings):
 
 
 @dataclass
+class CrossQuestionConfig(EnhancementConfig):
+    """The cross-question prior (``notebooks/cross_question.ipynb``, :mod:`dsalib.cross_question`): a model of the
+    survey's other questions as a warm start or a shrinkage prior for a target question, at small training sizes."""
+
+    study: typing.ClassVar[str] = "cross_question"
+    methods: list[str] = _param(["TS", "MNL", "EB-MNL", "Stacked-MNL", "TKFT", "XQ", "EB-XQ", "XQ-TKFT"],
+                                doc="methods (dsalib.methods.ALL)", choices=_methods, nonempty=True, distinct=True)
+    seeds: list[int] = _param([0, 1, 2], doc="one training sample per seed (non-negative integers)", min=0,
+                              nonempty=True, distinct=True)
+    sizes: list[int] = _param([50, 100, 250, 500], doc="training sizes of the target question", min=1,
+                              nonempty=True, distinct=True)
+    n: int = _param(100, doc="the training size the report's first table shows (one of sizes)", min=1)
+
+    def check(self) -> None:
+        if self.n not in self.sizes:
+            raise ParameterError(f"parameter 'n' of the {self.study} study must be one of sizes {self.sizes}, "
+                                 f"got {self.n}")
+
+
+@dataclass
 class DsaRegimeConfig(_EnhancementSettings):
     """DSA in the paper's regime (``notebooks/dsa_regime.ipynb``, :mod:`dsalib.regime`): a large survey, n = 4,000,
     a background coarse enough for many respondents per training subgroup; TKFT and DSA variants compared."""
@@ -704,7 +724,7 @@ class SummaryConfig(StudyConfig):
 #: Every study's configuration class, by notebook name.
 STUDIES: dict[str, type[StudyConfig]] = {c.study: c for c in (
     EnhancementConfig, GenerationConfig, DataEfficiencyConfig, UnseenBackgroundsConfig, RobustnessConfig,
-    AblationsConfig, DsaRegimeConfig, TheoremConfig, Phase2CheckConfig, SummaryConfig)}
+    AblationsConfig, CrossQuestionConfig, DsaRegimeConfig, TheoremConfig, Phase2CheckConfig, SummaryConfig)}
 
 
 def config_class(study: str) -> type[StudyConfig]:

@@ -151,8 +151,15 @@ def _survey_of(cfg, survey=None):
     """``survey``, or the survey of ``cfg`` loaded with only the questions and background it uses."""
     if survey is not None:
         return survey
-    return surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
+    return surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=questions_to_load(cfg),
                                background=cfg.background)
+
+
+def questions_to_load(cfg):
+    """The questions a run needs from the data file: its own, or all when a method learns from the other questions."""
+    if methods.uses_other_questions(getattr(cfg, "methods", ())):
+        return None
+    return cfg.questions
 
 
 def store_dir_for(cfg: EnhancementConfig, mode: str, root: str | Path = DEFAULT_STORE_ROOT, survey=None) -> Path:

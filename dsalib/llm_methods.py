@@ -63,6 +63,8 @@ class LanguageModel:
     _probs_cache: dict = field(default_factory=dict, repr=False)
     _option_models: dict = field(default_factory=dict, repr=False)
     _phase1_memo: dict = field(default_factory=dict, repr=False)
+    #: Models fine-tuned on a survey's other questions, by target question (:mod:`dsalib.cross_question`).
+    cross_question_models: dict = field(default_factory=dict, repr=False)
     #: How many Phase 1 results :meth:`phase1_memo` keeps (each holds the trainable weights twice).
     phase1_memo_size: int = 4
 

@@ -16,6 +16,9 @@ method with the common interface (``fit(train)``, ``predict(keys)``).
 | ``TKFT`` | Phase 1 fine-tuning | yes |
 | ``DSA`` | Phase 1 + Phase 2 fine-tuning | yes |
 | ``EB-TKFT``, ``EB-DSA`` | EB shrinkage toward the fine-tuned model (LLM-informed shrinkage) | yes |
+| ``XQ`` | the model fine-tuned on the survey's other questions, read on the target (cross-question prior) | yes |
+| ``EB-XQ`` | EB shrinkage toward ``XQ`` | yes |
+| ``XQ-TKFT`` | TKFT warm-started from ``XQ``'s weights | yes |
 
 ``EB-<X>`` given ``prior=`` (a method ``X`` already fitted on the same
 training table) shrinks toward it without refitting it; the concentration
@@ -29,7 +32,7 @@ from .baselines import TrainingSample
 from .errors import ParameterError
 
 STATISTICAL = ("TS", "MNL", "POLR", "EB-MNL")
-LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA")
+LLM = ("Direct", "PE", "AAE", "TKFT", "DSA", "EB-TKFT", "EB-DSA", "XQ", "EB-XQ", "XQ-TKFT")
 #: Statistical methods that also learn from the survey's other questions (the non-LLM cross-question control).
 CROSS_QUESTION = ("Stacked-MNL",)
 ALL = STATISTICAL + CROSS_QUESTION + LLM
@@ -40,6 +43,15 @@ EB_CONCENTRATION = "marginal"
 
 def needs_model(name: str) -> bool:
     return name in LLM
+
+
+#: Methods that learn from the survey's other core questions too (the survey is loaded with all its questions).
+OTHER_QUESTIONS = ("Stacked-MNL", "XQ", "EB-XQ", "XQ-TKFT")
+
+
+def uses_other_questions(names) -> bool:
+    """Whether any of the methods ``names`` learns from the survey's other questions."""
+    return any(n in OTHER_QUESTIONS for n in names)
 
 
 def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2=None,
@@ -97,6 +109,13 @@ def make_method(name: str, lm=None, survey=None, prior=None, phase1=None, phase2
         return L.AAE(lm, survey, template=template, seed=seed)
     p1 = phase1 if isinstance(phase1, Phase1Config) else Phase1Config(**{"seed": seed, **(phase1 or {})})
     p2 = phase2 if isinstance(phase2, Phase2Config) else Phase2Config(**{"seed": seed, **(phase2 or {})})
+    if base in ("XQ", "XQ-TKFT"):
+        from . import cross_question as X
+
+        if name == "XQ-TKFT":
+            return X.warm_started_tkft(lm, survey, p1, p2, strategy=strategy, template=template)
+        xq = X.CrossQuestion(lm=lm, survey=survey, template=template, phase1_config=p1, strategy=strategy)
+        return EBShrinkage(prior=xq, name=name, **eb) if name.startswith("EB-") else xq
     ft = L.FineTuned(lm=lm, survey=survey, template=template, name=base, phase2=(base == "DSA"), strategy=strategy,
                      phase1_config=p1, phase2_config=p2)
     return EBShrinkage(prior=ft, name=name, **eb) if name.startswith("EB-") else ft

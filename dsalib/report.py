@@ -336,6 +336,7 @@ def _method_colors() -> dict[str, tuple]:
         "TS": tab[14], "MNL": tab[0], "POLR": tab[18], "EB-MNL": tab[1],
         "Direct": tab[10], "PE": tab[11], "AAE": tab[8],
         "TKFT": tab[2], "EB-TKFT": tab[3], "DSA": tab[6], "EB-DSA": tab[7],
+        "XQ": (0.35, 0.20, 0.60), "EB-XQ": (0.65, 0.55, 0.85), "XQ-TKFT": (0.10, 0.60, 0.60),
         "TS-drop": tab[15], "MNL-drop": tab[19], "Marginal": tab[16], "QMean": tab[17],
         "empirical": tab[4], "empirical_smoothed": tab[5], "no_shift": tab[9],
         "quantile_pair": tab[12], "quantile_pooled": tab[13], "ratio_pair": dark[0], "ratio_pooled": dark[3],

@@ -154,6 +154,10 @@ def prepare(cfg: StudyConfig, more_questions: Iterable[Sequence[str] | None] = (
     more_questions = list(more_questions)  # (None in it means the study's own questions)
     if wanted is not None:  # only what the run uses must be in the file (the rest is reported as unavailable)
         wanted = list(dict.fromkeys(list(wanted) + [q for e in more_questions if e is not None for q in e]))
+    from .methods import uses_other_questions
+
+    if uses_other_questions(getattr(cfg, "methods", ())):  # e.g. Stacked-MNL, XQ: the survey's other questions too
+        wanted = None
     survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=wanted,
                                  background=cfg.background)
     if isinstance(cfg, GenerationConfig):

@@ -5,7 +5,7 @@ import pytest
 from dsalib import config, notebook_params
 from dsalib.errors import ParameterError
 
-STUDIES = ["ablations", "data_efficiency", "dsa_regime", "enhancement", "generation", "phase2_check", "robustness", "summary",
+STUDIES = ["ablations", "cross_question", "data_efficiency", "dsa_regime", "enhancement", "generation", "phase2_check", "robustness", "summary",
            "theorem", "unseen_backgrounds"]
 
 

@@ -35,6 +35,7 @@ EXPECTED_OUTPUTS = {
                         "errors_by_size.png"],
     "unseen_backgrounds": ["per_subgroup.csv", "absent_counts.csv", "by_presence.csv", "by_size.csv",
                            "jsd_by_size.png", "per_subgroup_sorted.png"],
+    "cross_question": ["results.csv", "by_size.csv", "verdicts.csv", "jsd_by_size.png"],
     "dsa_regime": ["results.csv", "phase2_runs.csv", "summary.csv", "phase2_summary.csv", "training_subgroups.csv",
                    "jsd_by_method.png"],
     "enhancement": ["results.csv", "per_subgroup.csv", "summary.csv", "jsd_by_method.png", "small_subgroups.png"],
