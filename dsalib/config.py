@@ -718,7 +718,15 @@ class SummaryConfig(StudyConfig):
                               doc="the paper's Table 1 in the same measure as metric")
     paper_llms: list[str] = _param(["Qwen3-4B", "Qwen3-32B", "Llama3-8B"], doc="the paper's LLMs shown beside ours",
                                    nonempty=True, distinct=True)
+    weighting_runs: list[str] = _param(["ess10no", "ess10no_weighted"], doc="the unweighted and the weighted "
+                                       "Enhancement run of one dataset compared for survey weights; empty skips it",
+                                       distinct=True)
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/summary/default/")
+
+    def check(self) -> None:
+        if len(self.weighting_runs) not in (0, 2):
+            raise ParameterError(f"parameter 'weighting_runs' of the {self.study} study names the unweighted and the "
+                                 f"weighted run (two folders) or nothing; got {self.weighting_runs}")
 
 
 #: Every study's configuration class, by notebook name.

@@ -355,3 +355,32 @@ def scale_facts(root=ENHANCEMENT_DIR, datasets: Sequence[str] | None = None) -> 
             "train_median": float(floor["train_n"].median()),
         })
     return pd.DataFrame(rows)
+
+
+def weighting_effect(unweighted: str = "ess10no", weighted: str = "ess10no_weighted", root=ENHANCEMENT_DIR,
+                     metric: str = "jsd_mean") -> pd.DataFrame:
+    """How survey weights change each method's error and rank: two Enhancement runs of one dataset.
+
+    ``unweighted``/``weighted``: run folders under ``root`` (the weighted one run with ``weighted_truth`` and
+    ``weighted_train``). One row per truth mode and method (the noise floor left out): the mean error of each
+    run (over questions and seeds), the change, and the method's rank in each run (1 = lowest error).
+    """
+    root = _resolve(root)
+    runs = {}
+    for label, name in (("unweighted", unweighted), ("weighted", weighted)):
+        path = root / name / "results.csv"
+        if not path.is_file():
+            raise DsaError(f"no Enhancement run at {path}; run: scripts/run_outputs.py --study enhancement --name {name}")
+        df = pd.read_csv(path)
+        runs[label] = df[df.method != "floor"].groupby(["truth_mode", "method"])[metric].mean()
+    both = pd.concat(runs, axis=1).dropna()
+    if both.empty:
+        raise DsaError(f"runs {unweighted} and {weighted} share no (truth mode, method)")
+    both["change"] = both["weighted"] - both["unweighted"]
+    both["relative_change"] = both["change"] / both["unweighted"]
+    for label in ("unweighted", "weighted"):
+        both[f"rank_{label}"] = both.groupby(level="truth_mode")[label].rank(method="min").astype(int)
+    out = both.reset_index()
+    rank = {m: i for i, m in enumerate(method_order(out.method))}
+    return out.sort_values(["truth_mode", "method"], key=lambda c: c.map(rank) if c.name == "method" else c,
+                           ignore_index=True)

@@ -49,6 +49,7 @@ datasets = None  # run folders to read; None means every folder with a results.c
 metric = "jsd_mean"  # error measure of the ratios: jsd_mean or wd_scaled_mean
 paper_table = "book/_data/paper_table1_enhancement_jsd.csv"  # the paper's Table 1 (same measure as metric)
 paper_llms = ["Qwen3-4B", "Qwen3-32B", "Llama3-8B"]  # the paper's LLMs to show beside ours
+weighting_runs = ["ess10no", "ess10no_weighted"]  # unweighted and weighted run of one dataset; [] skips that part
 output_dir = None  # None means runs/summary/default/ (git-ignored); relative paths are under the repository root
 
 # %%
@@ -224,5 +225,34 @@ glue("sum_train_median_range",
      f"{report.format_number(facts.train_median.min())}–{report.format_number(facts.train_median.max())}", display=False)
 glue("sum_respondents_range",
      f"{facts.respondents.min():,}–{facts.respondents.max():,}", display=False)
+# %% [markdown]
+# ## Survey weights
+#
+# The same dataset run twice: without weights, and with the survey's respondent
+# weight in the truth and in the training distributions (each training subgroup
+# keeps its number of respondents as its size). How much does weighting change
+# each method's error (JSD, mean over questions and seeds) and the ranking?
+
+# %%
+if cfg.weighting_runs:
+    unweighted_run, weighted_run = cfg.weighting_runs
+    wt = findings.weighting_effect(unweighted_run, weighted_run, enhancement_dir, metric)
+    results.write_table(wt, out / "weighting.csv", prov)
+    for mode in wt.truth_mode.unique():
+        w = wt[wt.truth_mode == mode].drop(columns="truth_mode")
+        tbl = report.table(w.rename(columns={"unweighted": f"JSD, {unweighted_run}", "weighted": f"JSD, {weighted_run}",
+                                             "rank_unweighted": "rank, unweighted", "rank_weighted": "rank, weighted"}),
+                           caption=f"Truth: {report.TRUTH_LABELS[mode]}. Survey weights: error and rank of each method "
+                                   "(rank 1 = lowest error)", shares=("relative_change",))
+        display(tbl)
+        glue(f"sum_weighting_{mode}_table", tbl, display=False)
+    moved = wt[wt.rank_unweighted != wt.rank_weighted]
+    glue("sum_weighting_rank_changes", int(len(moved)), display=False)
+    glue("sum_weighting_rows", int(len(wt)), display=False)
+    glue("sum_weighting_max_relative_change", float(wt.relative_change.abs().max()), display=False)
+    glue("sum_weighting_best", "; ".join(
+        f"{report.TRUTH_LABELS[m]} truth: `{g.loc[g.unweighted.idxmin(), 'method']}` unweighted, "
+        f"`{g.loc[g.weighted.idxmin(), 'method']}` weighted" for m, g in wt.groupby("truth_mode", sort=False)),
+        display=False)
 meta = results.write_metadata(out.path, study="summary", params=params)
 final_dir = out.commit()  # the tables replace the output folder's previous ones as one set

@@ -230,6 +230,21 @@ def test_ratios_to_ts(tmp_path):
     assert list(r.loc["full"].index) == ["TS", "MNL", "TKFT", "DSA", "floor"]
 
 
+def test_weighting_effect_changes_and_ranks(tmp_path):
+    _write_runs(tmp_path, "plain", {"TS": 0.2, "MNL": 0.1, "TKFT": 0.12, "floor": 0.05})
+    _write_runs(tmp_path, "weighted", {"TS": 0.22, "MNL": 0.13, "TKFT": 0.12, "floor": 0.06})
+    w = findings.weighting_effect("plain", "weighted", tmp_path).set_index(["truth_mode", "method"])
+    assert "floor" not in w.index.get_level_values("method")
+    # means over questions and seeds (seed 1 is 10% higher): 1.05 x the given error
+    assert w.loc[("full", "MNL"), "unweighted"] == pytest.approx(0.105)
+    assert w.loc[("full", "MNL"), "change"] == pytest.approx(0.0315)
+    assert w.loc[("full", "MNL"), "relative_change"] == pytest.approx(0.3)
+    assert (w.loc[("full", "MNL"), "rank_unweighted"], w.loc[("full", "MNL"), "rank_weighted"]) == (1, 2)
+    assert (w.loc[("full", "TKFT"), "rank_unweighted"], w.loc[("full", "TKFT"), "rank_weighted"]) == (2, 1)
+    with pytest.raises(DsaError, match="no Enhancement run"):
+        findings.weighting_effect("plain", "absent", tmp_path)
+
+
 def test_headline_numbers(tmp_path):
     _write_runs(tmp_path, "a", {"TS": 0.2, "MNL": 0.1, "AAE": 0.11, "TKFT": 0.12, "DSA": 0.13, "EB-TKFT": 0.09,
                                 "floor": 0.05})
