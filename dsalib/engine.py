@@ -959,6 +959,14 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
         raise EngineError("eval_initial=True needs an eval_fn")
     dev = option_model.device
     acc = accelerator or Accelerator(cpu=dev.type == "cpu")
+    sharded = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1]
+    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise EngineError(
+            f"train_loop is data-parallel only: under an accelerate config with distributed_type {sharded} every "
+            "process would still hold the whole model (nothing is sharded). Launch with "
+            "configs/accelerate/multi_gpu.yaml when the training state fits one GPU, or shard one process's model "
+            "over its GPUs with LanguageModel.load(..., device_map='auto') (README, 'Running at the paper's scale')"
+        )
     if acc.device.type != dev.type:
         raise EngineError(
             f"the model is on {dev} but this process's accelerator device is {acc.device}; "

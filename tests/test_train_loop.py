@@ -66,3 +66,15 @@ def test_bad_arguments_are_reported(om):
         train_loop(om, BATCHES, kl_loss, eval_fn=lambda m: 0.0, min_improvement=-1, progress=False)
     with pytest.raises(EngineError, match="scalar"):
         train_loop(om, BATCHES, lambda m, items: 1.0, progress=False)
+
+
+def test_a_sharding_accelerate_config_is_refused_not_silently_replicated(om):
+    """Under FSDP/DeepSpeed configs the loop would still hold the whole model per process: a clear error."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        fake = SimpleNamespace(distributed_type=kind, device=torch.device("cpu"), num_processes=1)
+        with pytest.raises(EngineError, match="data-parallel only.*multi_gpu.yaml.*device_map"):
+            train_loop(om, BATCHES, kl_loss, progress=False, accelerator=fake)
