@@ -62,6 +62,16 @@ def _single_thread_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _logit_predict(method, keys, design) -> np.ndarray:
+    """A fitted scikit-learn logit's option distributions for ``keys`` (design matrix ``design(keys)``)."""
+    if method.model_ is None:
+        raise DsaError("call fit() before predict()")
+    keys = _check_keys(method.train, keys)
+    if len(keys) == 0:
+        return np.zeros((0, method._k))
+    return _full_probs(method.model_.predict_proba(design(keys)), method.model_.classes_, method._k)
+
+
 def one_hot(keys: np.ndarray, n_levels: tuple[int, ...], drop_first: bool = False) -> np.ndarray:
     """One-hot design of level-index keys (G, m): every level, or all but the first of each attribute."""
     keys = np.asarray(keys, dtype=np.int64)
@@ -234,13 +244,7 @@ class MainEffectsLogit:
         return best, scores
 
     def predict(self, keys) -> np.ndarray:
-        if self.model_ is None:
-            raise DsaError("call fit() before predict()")
-        keys = _check_keys(self.train, keys)
-        if len(keys) == 0:
-            return np.zeros((0, self._k))
-        X = one_hot(keys, self._n_levels)
-        return _full_probs(self.model_.predict_proba(X), self.model_.classes_, self._k)
+        return _logit_predict(self, keys, lambda k: one_hot(k, self._n_levels))
 
     def describe(self) -> dict:
         return {
@@ -548,13 +552,7 @@ class StackedLogit:
         return Cs[j], shares[i], scores
 
     def predict(self, keys) -> np.ndarray:
-        if self.model_ is None:
-            raise DsaError("call fit() before predict()")
-        keys = _check_keys(self.train, keys)
-        if len(keys) == 0:
-            return np.zeros((0, self._k))
-        X = self._design(keys, 0, self._n_tasks, self.share_)
-        return _full_probs(self.model_.predict_proba(X), self.model_.classes_, self._k)
+        return _logit_predict(self, keys, lambda k: self._design(k, 0, self._n_tasks, self.share_))
 
     def describe(self) -> dict:
         return {
