@@ -325,6 +325,20 @@ _DEFAULT_METHODS = ["TS", "MNL", "POLR", "EB-MNL", "Direct", "PE", "AAE", "TKFT"
 
 
 @dataclass
+class _PlacementSettings(StudyConfig):
+    """Where a study's model runs (:data:`MODEL_PLACEMENT_FIELDS`): never part of a result store's key."""
+
+    prefix_cache_bytes: int | None = _param(DEFAULT_PREFIX_CACHE_BYTES, doc="byte budget of the in-memory "
+                                            "frozen-prefix cache (least recently used entries go first); None: "
+                                            "unbounded", min=1)
+    prefix_batch_size: int | None = _param(None, doc="prompts per frozen-prefix pass; None: the model's batch "
+                                           "size (16)", min=1)
+    device_map: str | None = _param(None, doc="accelerate placement of the model over the GPUs (and CPU/disk): "
+                                    "auto, balanced, balanced_low_0 or sequential; None: one device",
+                                    choices=_DEVICE_MAPS)
+
+
+@dataclass
 class _DataSettings(StudyConfig):
     dataset: str = _param("ess9", doc="a dataset spec in params/datasets (or a path to a spec file)")
     questions: list[str] | None = _param(None, doc="core questions; None means every question of the dataset",
@@ -337,7 +351,7 @@ class _DataSettings(StudyConfig):
 
 
 @dataclass
-class _EnhancementSettings(_DataSettings):
+class _EnhancementSettings(_DataSettings, _PlacementSettings):
     n: int = _param(500, doc="training sample size", min=1)
     seeds: list[int] = _param([0, 1, 2, 3, 4], doc="one training sample per seed (non-negative integers)",
                               min=0, nonempty=True, distinct=True)
@@ -354,14 +368,6 @@ class _EnhancementSettings(_DataSettings):
                                   "weights (each subgroup keeps its respondent count as its size)")
     prefix_cache: str | None = _param("cache/prefix", doc="on-disk cache of frozen-prefix activations; "
                                       "None keeps it in memory only")
-    prefix_cache_bytes: int | None = _param(DEFAULT_PREFIX_CACHE_BYTES, doc="byte budget of the in-memory "
-                                            "frozen-prefix cache (least recently used entries go first); None: "
-                                            "unbounded", min=1)
-    prefix_batch_size: int | None = _param(None, doc="prompts per frozen-prefix pass; None: the model's batch "
-                                           "size (16)", min=1)
-    device_map: str | None = _param(None, doc="accelerate placement of the model over the GPUs (and CPU/disk): "
-                                    "auto, balanced, balanced_low_0 or sequential; None: one device",
-                                    choices=_DEVICE_MAPS)
     store_root: str | None = _param("cache/runs", doc="shared resumable result stores; None keeps them in output_dir")
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/<study>/<dataset>/ "
                                     "(relative paths are under the repository root)")
@@ -577,7 +583,7 @@ class DsaRegimeConfig(_EnhancementSettings):
 
 
 @dataclass
-class GenerationConfig(StudyConfig):
+class GenerationConfig(_PlacementSettings):
     """The Generation study (``notebooks/generation.ipynb``, paper Table 2): train once, test on unseen
     questions (NewQ), an unseen population (NewP) and both (Both); see :mod:`dsalib.generation`."""
 
@@ -612,14 +618,6 @@ class GenerationConfig(StudyConfig):
     min_eval_size: int = _param(10, doc="smallest test subgroup that is evaluated", min=1)
     min_train_subgroups: int = _param(2, doc="fewest training subgroups a training question may have", min=1)
     prefix_cache: str | None = _param("cache/prefix", doc="on-disk cache of frozen-prefix activations")
-    prefix_cache_bytes: int | None = _param(DEFAULT_PREFIX_CACHE_BYTES, doc="byte budget of the in-memory "
-                                            "frozen-prefix cache (least recently used entries go first); None: "
-                                            "unbounded", min=1)
-    prefix_batch_size: int | None = _param(None, doc="prompts per frozen-prefix pass; None: the model's batch "
-                                           "size (16)", min=1)
-    device_map: str | None = _param(None, doc="accelerate placement of the model over the GPUs (and CPU/disk): "
-                                    "auto, balanced, balanced_low_0 or sequential; None: one device",
-                                    choices=_DEVICE_MAPS)
     store_root: str | None = _param("cache/runs", doc="resumable result stores; None keeps them in output_dir")
     output_dir: str | None = _param(None, doc="where the tables go; None means runs/generation/<dataset>/")
 
