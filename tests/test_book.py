@@ -48,6 +48,7 @@ REQUIRED_PAGES = [
     "intro", "method", "data",
     "studies/enhancement", "studies/generation", "studies/data_efficiency",
     "studies/unseen_backgrounds", "studies/robustness", "studies/ablations", "studies/theorem",
+    "studies/phase2_check", "studies/dsa_regime", "studies/cross_question", "studies/baselines",
     "comparison", "reproducibility",
 ]
 CHROME_FLAGS = [
