@@ -101,9 +101,8 @@ results.write_table(verdicts, out / "verdicts.csv", prov)
 tag = survey.name
 for mode in cfg.modes:
     t = sizes_table[sizes_table.truth_mode == mode]
-    wide = t.assign(cell=[report.format_number(v) + (f" ± {report.format_number(sd)}" if pd.notna(sd) else "")
-                          for v, sd in zip(t.jsd_mean, t.jsd_mean_sd)]).pivot(index="method", columns="n",
-                                                                               values="cell")
+    wide = t.assign(cell=[report.mean_sd(v, sd) for v, sd in zip(t.jsd_mean, t.jsd_mean_sd)]).pivot(
+        index="method", columns="n", values="cell")
     wide = wide.loc[report.method_order(wide.index)]
     wide.columns = [f"n = {c}" for c in wide.columns]
     tbl = report.table(wide.rename_axis("method").reset_index(),

@@ -110,8 +110,7 @@ results.write_table(sizes, out / "training_subgroups.csv", prov)
 tag = cfg.dataset
 for mode in cfg.modes:
     s = summary[summary.truth_mode == mode].drop(columns="truth_mode").set_index("method")
-    t = pd.DataFrame({"JSD": [report.format_number(v) + (f" ± {report.format_number(sd)}" if pd.notna(sd) else "")
-                              for v, sd in zip(s.jsd_mean, s.jsd_sd)]}, index=s.index)
+    t = pd.DataFrame({"JSD": [report.mean_sd(v, sd) for v, sd in zip(s.jsd_mean, s.jsd_sd)]}, index=s.index)
     tbl = report.table(t.reset_index(), caption=f"Truth: {report.TRUTH_LABELS[mode]}. JSD, mean over "
                        f"{len(qs)} question(s), ± s.d. over {len(cfg.seeds)} training sample(s)")
     display(tbl)
