@@ -140,7 +140,9 @@ def _phase2_columns(df: pd.DataFrame) -> pd.DataFrame:
     for rep in df.get("report", pd.Series([None] * len(df), index=df.index)):
         rep = rep if isinstance(rep, dict) else {}
         p2 = rep.get("phase2") or {}
-        rows.append({"pairs": p2.get("pairs"), "attribute_changes": p2.get("attribute_changes"),
+        trial = (rep.get("selection") or {}).get("phase2") or {}  # a rejected Phase 2 ran only in the trial
+        rows.append({"pairs": p2.get("pairs"), "attribute_changes": p2.get("attribute_changes",
+                                                                          trial.get("attribute_changes")),
                      "phase2_steps": p2.get("steps"), "phase2_outcome": p2.get("outcome"),
                      "phase1_epochs": (rep.get("phase1") or {}).get("epochs")})
     return pd.DataFrame(rows, index=df.index)
