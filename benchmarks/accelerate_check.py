@@ -61,24 +61,34 @@ def fit(store_dir: Path, log_dir: Path) -> dict:
         log["train_loop_processes"].append(res.n_processes)
         return res
 
-    def watched_save(store, key, *args, **kwargs):
-        path = store.record_path(key)
-        before = path.stat().st_mtime_ns if path.exists() else None
-        out = real_save(store, key, *args, **kwargs)
-        after = path.stat().st_mtime_ns if path.exists() else None
-        if after is not None and after != before:
-            log["writes"].append(results.key_name(key))
+    real_replace = os.replace
+    writing: list = []  # the record path of the save in progress
+
+    def watched_replace(src, dst, *args, **kwargs):
+        # a write is this process renaming a finished file onto the record (results' atomic writes), not a
+        # change of the file's time: another process writing the same record meanwhile is not this one's write
+        out = real_replace(src, dst, *args, **kwargs)
+        if writing and Path(dst) == writing[-1][0]:
+            log["writes"].append(writing[-1][1])
         return out
+
+    def watched_save(store, key, *args, **kwargs):
+        writing.append((store.record_path(key), results.key_name(key)))
+        try:
+            return real_save(store, key, *args, **kwargs)
+        finally:
+            writing.pop()
 
     engine.train_loop = counted_loop  # dsalib.train imports it from the engine at call time
     results.ResultStore.save = watched_save
+    os.replace = watched_replace
     try:
         cfg = EnhancementConfig(dataset="ess9", source="embedded", questions=[QUESTION], n=N, seeds=[SEED],
                                 modes=["full"], methods=list(METHODS), model="tiny", phase1=dict(PHASE1),
                                 phase2=dict(PHASE2))
         run_enhancement(cfg, store_dir, lm=LanguageModel.load("tiny"), progress=None)
     finally:
-        engine.train_loop, results.ResultStore.save = real_loop, real_save
+        engine.train_loop, results.ResultStore.save, os.replace = real_loop, real_save, real_replace
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / f"rank{rank}.json").write_text(json.dumps(log))
     return log
