@@ -142,12 +142,11 @@ for _, r in verdicts.iterrows():
     parts = [report.versus(r.best_xq, r.best_xq_jsd, c, r[f"{c}_jsd"]) for c in cross_question.CONTROLS
              if f"{c}_jsd" in r and pd.notna(r[f"{c}_jsd"])]
     sentences.append(f"{report.TRUTH_LABELS[r.truth_mode]} truth, n = {r.n}: " + "; ".join(parts))
+small = verdicts[verdicts.n <= 250]  # the small training sizes: where a prior could help most
+glue(f"xq_{tag}_cells_small", int(len(small)), display=False)
 for c in cross_question.CONTROLS:
-    col = f"beats_{c}"
-    if col in verdicts:
-        small = verdicts[verdicts.n <= 250]
-        glue(f"xq_{tag}_beats_{c.replace('-', '_')}_small", int(small[col].sum()), display=False)
-        glue(f"xq_{tag}_cells_small", int(len(small)), display=False)
+    if f"beats_{c}" in verdicts:
+        glue(f"xq_{tag}_beats_{c.replace('-', '_')}_small", int(small[f"beats_{c}"].sum()), display=False)
 glue(f"xq_{tag}_findings", "; ".join(sentences) + ".", display=False)
 display(Markdown("\n".join(f"- {s}" for s in sentences)))
 
