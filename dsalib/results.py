@@ -596,6 +596,26 @@ def show(fig=None) -> None:
     plt.close(fig)
 
 
+def glue_figure(name: str, fig) -> None:
+    """Glue ``fig`` under ``name`` for the book and display it, both from one PNG rendering, and close it.
+
+    Gluing a figure and then displaying it renders it twice; a figure whose layout settles differently on
+    the second draw (e.g. a legend below a constrained layout) then gives two different images, and the
+    book references the glued one, which myst-nb writes only when the page shows it. One rendering, shown
+    and glued, avoids that.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+    from myst_nb import glue
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    image = Image(data=buf.getvalue(), format="png")
+    glue(name, image, display=False)
+    display(image)
+    plt.close(fig)
+
+
 def use_png_figures() -> None:
     """Make displayed and glued matplotlib figures carry a PNG (the book renders glued figures as images)."""
     from matplotlib_inline.backend_inline import set_matplotlib_formats

@@ -172,8 +172,7 @@ axes[0][0].set_ylabel("JSD to the true target")
 fig.suptitle("Quantile-mapping transfer on factorised tables (ratio transfer: 0 up to rounding)")
 report.check_fits_column(fig)
 results.write_figure(fig, out_dir / "transfer_comparison.png")
-glue("theorem_fig_transfer_comparison", fig, display=False)
-results.show(fig)
+results.glue_figure("theorem_fig_transfer_comparison", fig)  # one rendering, glued and shown
 
 # %% [markdown]
 # ## 3. Error growth when the table is not factorised
@@ -222,8 +221,7 @@ axes[0][0].set_ylabel("mean JSD to the true target")
 report.legend_outside(fig, where="below")
 report.check_fits_column(fig)
 results.write_figure(fig, out_dir / "error_growth.png")
-glue("theorem_fig_error_growth", fig, display=False)
-results.show(fig)
+results.glue_figure("theorem_fig_error_growth", fig)  # one rendering, glued and shown
 
 # %% [markdown]
 # ## 4. Finite samples: a rare subgroup
@@ -303,8 +301,7 @@ labels += [f"reference subgroups of {ref:,}" for ref in styles]
 report.legend_outside(fig, where="below", handles=handles, labels=labels, ncol=3)
 report.check_fits_column(fig)
 results.write_figure(fig, out_dir / "finite_sample.png")
-glue("theorem_fig_finite_sample", fig, display=False)
-results.show(fig)
+results.glue_figure("theorem_fig_finite_sample", fig)  # one rendering, glued and shown
 
 # %% [markdown]
 # ## Key numbers
@@ -312,7 +309,7 @@ results.show(fig)
 # Glued under these names for the Jupyter Book (`{glue:text}` `theorem_max_error`, ...)
 # and written to `key_numbers.csv`. Effects-specific names end in the effects
 # kind; break-even sizes are for the smallest finite-sample interaction and the
-# largest reference size (`NaN`: beyond the grid).
+# largest reference size (shown as "—", beyond the grid, when the break-even size is past it).
 
 # %%
 for name, value in key_numbers.items():
