@@ -549,6 +549,11 @@ def phase2_sentence(outcomes: Sequence[str], method: str = "DSA") -> str:
     return text
 
 
+def plain(text: str) -> str:
+    """``text`` for a glued sentence: the book shows glued text as is, so Markdown code marks (backticks) go."""
+    return str(text).replace("`", "")
+
+
 def versus(a: str, a_value: float, b: str, b_value: float, what: str = "JSD") -> str:
     """One comparison in words: "`DSA` 0.0912 against `MNL` 0.0800 (JSD): 14.0% higher"; lower is better."""
     for name, v in ((a, a_value), (b, b_value)):

@@ -147,7 +147,7 @@ glue(f"xq_{tag}_cells_small", int(len(small)), display=False)
 for c in cross_question.CONTROLS:
     if f"beats_{c}" in verdicts:
         glue(f"xq_{tag}_beats_{c.replace('-', '_')}_small", int(small[f"beats_{c}"].sum()), display=False)
-glue(f"xq_{tag}_findings", "; ".join(sentences) + ".", display=False)
+glue(f"xq_{tag}_findings", report.plain("; ".join(sentences) + "."), display=False)
 display(Markdown("\n".join(f"- {s}" for s in sentences)))
 
 # %% [markdown]

@@ -158,7 +158,7 @@ for mode in cfg.modes:
             sentences.append(f"{label} truth: Phase 2 of `{m}` changed the JSD by "
                              f"{report.format_number(found[f'{mode}_{m}_change'])} on average and lowered it in "
                              f"{report.format_share(found[f'{mode}_{m}_lowered'])} of the runs")
-glue(f"regime_{tag}_findings", "; ".join(sentences) + ".", display=False)
+glue(f"regime_{tag}_findings", report.plain("; ".join(sentences) + "."), display=False)
 for name, value in found.items():
     glue(f"regime_{tag}_{name}".replace(" ", "_").replace("(", "").replace(")", ""), value, display=False)
 display(Markdown("\n".join(f"- {s}" for s in sentences)))

@@ -144,7 +144,7 @@ for mode in modes:
              if (mode, a) in jsd.index and (mode, b) in jsd.index]
     for a, b in pairs:
         sentences.append(f"{report.TRUTH_LABELS[mode]} truth: " + report.versus(a, jsd[(mode, a)], b, jsd[(mode, b)]))
-glue(f"enh_{dataset}_findings", "; ".join(sentences) + "." if sentences else "no pair of methods to compare.",
+glue(f"enh_{dataset}_findings", report.plain("; ".join(sentences) + ".") if sentences else "no pair of methods to compare.",
      display=False)
 display(Markdown("\n".join(f"- {t}" for t in sentences)))
 

@@ -251,8 +251,8 @@ if cfg.weighting_runs:
     glue("sum_weighting_rows", int(len(wt)), display=False)
     glue("sum_weighting_max_relative_change", float(wt.relative_change.abs().max()), display=False)
     glue("sum_weighting_best", "; ".join(
-        f"{report.TRUTH_LABELS[m]} truth: `{g.loc[g.unweighted.idxmin(), 'method']}` unweighted, "
-        f"`{g.loc[g.weighted.idxmin(), 'method']}` weighted" for m, g in wt.groupby("truth_mode", sort=False)),
+        f"{report.TRUTH_LABELS[m]} truth: {g.loc[g.unweighted.idxmin(), 'method']} unweighted, "
+        f"{g.loc[g.weighted.idxmin(), 'method']} weighted" for m, g in wt.groupby("truth_mode", sort=False)),
         display=False)
 meta = results.write_metadata(out.path, study="summary", params=params)
 final_dir = out.commit()  # the tables replace the output folder's previous ones as one set
