@@ -210,6 +210,10 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
     if store_dir is not None and len(modes) > 1:
         raise ParameterError("store_dir names one store; with several truth modes give store_root instead")
     survey = _survey_of(cfg, survey)
+    if (cfg.weighted_truth or cfg.weighted_train) and not survey.weight:
+        raise ParameterError(
+            f"weighted_truth/weighted_train: dataset '{survey.name}' ({survey.source_name}) has no respondent "
+            "weight: " + survey.unavailable.get("weight", "its spec names no weight column; leave both false"))
     questions = surveys.iter_questions(survey, cfg.questions)
     attrs = survey.check_background(cfg.background)
     for q in questions:

@@ -31,7 +31,7 @@ memo of :class:`dsalib.llm_methods.LanguageModel`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -73,20 +73,12 @@ def variant_configs(cfg) -> list[tuple[Variant, experiments.EnhancementConfig, d
     out = []
     for i, v in enumerate(VARIANTS):
         p1 = cfg.phase1 if v.phase1 == "study" else cfg.paper_phase1
-        p2 = {"study": cfg.phase2, "noguard": cfg.phase2.__class__(**{**_fields(cfg.phase2), "guard": False}),
-              "paper": cfg.paper_phase2,
-              "ratio": cfg.phase2.__class__(**{**_fields(cfg.phase2), "guard": False, "operator": "ratio",
-                                               "reference": "phase1"})}[v.phase2]
+        p2 = {"study": cfg.phase2, "noguard": replace(cfg.phase2, guard=False), "paper": cfg.paper_phase2,
+              "ratio": replace(cfg.phase2, guard=False, operator="ratio", reference="phase1")}[v.phase2]
         methods = (list(cfg.baselines) if i == 0 else []) + (["TKFT"] if v.tkft else []) + ["DSA"]
         names = {"DSA": v.dsa, **({"TKFT": v.tkft} if v.tkft else {})}
         out.append((v, cfg.enhancement(methods=methods, phase1=p1, phase2=p2), names))
     return out
-
-
-def _fields(dc) -> dict:
-    from dataclasses import asdict
-
-    return asdict(dc)
 
 
 def check_regime(cfg, survey: surveys.Survey) -> pd.DataFrame:

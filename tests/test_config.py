@@ -95,3 +95,14 @@ def test_protocol_configs_of_the_studies_share_the_enhancement_settings():
     assert abl.run_config(subset=False).seeds == abl.seeds
     de = config.DataEfficiencyConfig(n=250)
     assert de.enhancement() == EnhancementConfig(n=250)
+
+
+def test_placement_and_new_study_parameters_are_checked():
+    with pytest.raises(ParameterError, match="device_map.*must be one of"):
+        config.from_params("enhancement", {"device_map": "cuda:0"})
+    with pytest.raises(ParameterError, match="prefix_batch_size.*≥ 1"):
+        config.from_params("generation", {"prefix_batch_size": 0})
+    with pytest.raises(ParameterError, match="'n'.*one of sizes"):
+        config.from_params("cross_question", {"n": 77})
+    with pytest.raises(ParameterError, match="paper_phase1.*fix epochs"):
+        config.from_params("dsa_regime", {"paper_phase1": {"epochs": None}})

@@ -65,6 +65,12 @@ def test_weighted_training_is_its_own_run(tmp_path):
                                split.train.dist[[row[g] for g in present.subgroup]], atol=1e-12)
 
 
+def test_weights_on_a_dataset_without_weights_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ParameterError, match="weighted_train.*no respondent weight"):
+        experiments.run_enhancement(_cfg(weighted_train=True), store_root=tmp_path, progress=None)
+    assert not any(tmp_path.iterdir())  # nothing was stored
+
+
 def test_a_second_run_reuses_the_shared_store(tmp_path):
     first = experiments.run_enhancement(_cfg(), store_root=tmp_path, progress=None)
     d = experiments.store_dir_for(_cfg(), "full", tmp_path)
