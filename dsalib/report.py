@@ -568,10 +568,12 @@ def versus(a: str, a_value: float, b: str, b_value: float, what: str = "JSD") ->
     return f"`{a}` {format_number(a_value)} against `{b}` {format_number(b_value)} ({what}): {rel}"
 
 
-def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8):
+def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8, min_gap: float = 0.09):
     """A log-scale axis labelled at ``ticks`` in plain numbers ("200", "1,000"; not "2×10²"), no minor labels.
 
     With more than ``max_ticks`` values every second (third, ...) is labelled, always keeping the last.
+    A label closer than ``min_gap`` of the axis' log span to the previous one is dropped (the last
+    label is kept and its neighbour dropped), so labels such as "800" and "1,000" never overlap.
     """
     from matplotlib.ticker import NullFormatter, NullLocator
 
@@ -582,6 +584,13 @@ def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8):
         raise DsaError(f"log_axis: ticks must be positive numbers, got {ticks}")
     step = max(1, math.ceil(len(ticks) / max_ticks))
     shown = ticks[::step] if ticks[::step][-1] == ticks[-1] else ticks[::step] + [ticks[-1]]
+    span = math.log10(shown[-1] / shown[0]) if len(shown) > 1 else 0.0
+    if span > 0:
+        kept = [shown[-1]]
+        for t in reversed(shown[:-1]):  # from the last label down, so the last one always stays
+            if math.log10(kept[-1] / t) >= min_gap * span:
+                kept.append(t)
+        shown = kept[::-1]
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
     (ax.set_xticks if which == "x" else ax.set_yticks)(shown, [format_number(int(t) if t == int(t) else t)

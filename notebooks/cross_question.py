@@ -118,9 +118,13 @@ for ax, mode in zip(axes[0], cfg.modes):
         ax.errorbar(d.n, d.jsd_mean, yerr=d.jsd_mean_sd, marker="o", capsize=2, color=report.method_color(m),
                     label=m, ls="--" if m in cross_question.CONTROLS else "-")
     report.log_axis(ax, cfg.sizes)
+    # TS is far above the rest: a log y axis keeps the close LLM and statistical lines apart.
+    lo, hi = (sizes_table.jsd_mean - sizes_table.jsd_mean_sd).min(), (sizes_table.jsd_mean + sizes_table.jsd_mean_sd).max()
+    report.log_axis(ax, [v for v in (0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7) if lo * 0.8 <= v <= hi * 1.2],
+                    which="y")
     ax.set_xlabel("training size n of the target question")
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
-axes[0][0].set_ylabel("JSD, mean ± s.d. over seeds")
+axes[0][0].set_ylabel("JSD, mean ± s.d. over seeds (log scale)")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "jsd_by_size.png")

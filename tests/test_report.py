@@ -460,6 +460,9 @@ def test_log_axis_labels_plain_numbers():
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert ax.get_xscale() == "log" and labels[0] == "50" and labels[-1] == "1,500" and len(labels) <= 8
     assert not ax.xaxis.get_minorticklocs().size
+    # labels too close on the log scale are thinned, keeping the last one (no "800" over "1,000")
+    report.log_axis(ax, [50, 150, 300, 500, 800, 1000])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["50", "150", "300", "500", "1,000"]
     with pytest.raises(DsaError, match="positive"):
         report.log_axis(ax, [0, 10])
     plt.close(fig)
