@@ -213,6 +213,9 @@ class RunEnvironment(SphinxDirective):
             t = times.get((study, run), {})
             if t.get("seconds"):
                 dur_s = f"{float(t['seconds']):,.0f} s"
+                timed = str(t.get("code_commit") or "")[:7]
+                if timed and commit and timed != commit:  # the time is that of an earlier run of the same results
+                    dur_s += f" (run at `{_cell(timed)}`)"
             elif isinstance(pm.get("duration"), (int, float)):
                 dur_s = f"{pm['duration']:,.0f} s (notebook cells only)"
             else:
@@ -235,6 +238,10 @@ class RunEnvironment(SphinxDirective):
         system = "; ".join(f"{'Python' if k == 'python' else 'platform'} {', '.join(f'`{v}`' for v in sorted(vals))}"
                            for k, vals in sorted(systems.items()))
         text = [total, "",
+                "The wall time is that of the run recorded in `outputs/run_times.csv`; where that run's commit "
+                "differs from the notebook's own (its `metadata.json`), the notebook was executed again at the "
+                "later commit, reading the results back from the stores, and the time column names the commit "
+                "of the timed run.", "",
                 "| study | run | started (UTC) | wall time | machine | code | uncommitted changes |",
                 "|---|---|---|---|---|---|---|", *rows, "",
                 f"Recorded by the runs: {system or 'no Python or platform recorded'}.", "",
