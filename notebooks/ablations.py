@@ -275,8 +275,7 @@ axes[-1][0].set_xlabel("WD/(K−1), mean over subgroups")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "ablations.png")
-glue(f"abl_{dataset}_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"abl_{dataset}_fig", fig)
 
 # %%
 stores = [str(experiments.store_dir_for(default_cfg, m, store_root, survey)) for m in modes]  # the subset runs share them

@@ -128,8 +128,7 @@ axes[0][0].set_ylabel("JSD, mean ± s.d. over seeds (log scale)")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "jsd_by_size.png")
-glue(f"xq_{tag}_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"xq_{tag}_fig", fig)
 
 # %% [markdown]
 # ## Does the cross-question prior beat the controls?

@@ -265,8 +265,7 @@ axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "ts_curve.png")
-glue(f"de_{dataset}_ts_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"de_{dataset}_ts_fig", fig)
 
 # %%
 bar = equiv[~equiv.method.isin(["floor", "TS"])].copy()
@@ -289,8 +288,7 @@ report.legend_outside(fig, where="below", handles=handles + [Patch(facecolor="wh
                       labels=labels + ["bound: outside the TS grid"])
 report.check_fits_column(fig)
 results.write_figure(fig, out / "equivalent_sizes.png")
-glue(f"de_{dataset}_equiv_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"de_{dataset}_equiv_fig", fig)
 
 # %% [markdown]
 # ## Error across training sizes (paper Fig. 6)
@@ -345,8 +343,7 @@ axes[0][0].set_ylabel(f"{report.column_label(metric)}, mean over subgroups")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "errors_by_size.png")
-glue(f"de_{dataset}_sizes_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"de_{dataset}_sizes_fig", fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

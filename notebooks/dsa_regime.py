@@ -123,8 +123,7 @@ for ax, mode in zip(axes[0], cfg.modes):
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 report.check_fits_column(fig)
 results.write_figure(fig, out / "jsd_by_method.png")
-glue(f"regime_{tag}_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"regime_{tag}_fig", fig)
 
 # %% [markdown]
 # ## What Phase 2 did

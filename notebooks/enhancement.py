@@ -159,8 +159,7 @@ for ax, mode in zip(axes[0], modes):
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 report.check_fits_column(fig)
 results.write_figure(fig, out / "jsd_by_method.png")
-glue(f"enh_{dataset}_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"enh_{dataset}_fig", fig)
 
 # %% [markdown]
 # ## Example distributions of small subgroups (paper appendix A, Fig. 8)
@@ -189,8 +188,7 @@ axes[-1][0].set_xlabel(f"answer option of {qs[0]}" + (f" ({labels[0]} … {label
 report.legend_outside(fig, where="below", ncol=6)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "small_subgroups.png")
-glue(f"enh_{dataset}_small_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"enh_{dataset}_small_fig", fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

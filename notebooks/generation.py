@@ -217,8 +217,7 @@ axes[0][0].set_yticks(y, order)
 axes[0][0].invert_yaxis()
 results.write_figure(fig, out / "jsd_by_split.png")
 report.check_fits_column(fig)
-glue(f"{key}_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"{key}_fig", fig)
 
 # %% [markdown]
 # ## Accuracy on the unseen population, per held-out level (the analogue of Fig. 5)
@@ -242,8 +241,7 @@ for ax, s in zip(axes[0], ["NewP", "Both"]):
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "unseen_population.png")
-glue(f"{key}_population_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"{key}_population_fig", fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

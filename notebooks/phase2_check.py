@@ -131,8 +131,7 @@ axes[0][0].set_ylabel("JSD to the truth")
 report.legend_outside(fig, where="below")
 report.check_fits_column(fig)
 results.write_figure(fig, out_dir / "targets.png")
-glue("phase2_check_fig_targets", fig, display=False)
-results.show(fig)
+results.glue_figure("phase2_check_fig_targets", fig)
 
 # %%
 for _, r in summary1.iterrows():

@@ -174,8 +174,7 @@ axes[0][0].set_ylabel(f"share with lower {report.column_label(metric)} than TS")
 report.legend_outside(fig, where="below")
 report.check_fits_column(fig)
 results.write_figure(fig, out / "better_than_ts.png")
-glue(f"rob_{dataset}_better_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"rob_{dataset}_better_fig", fig)
 
 # %% [markdown]
 # Across training sizes (only when `sizes` names further sizes).
@@ -206,8 +205,7 @@ if len(set(pooled.train_size)) > 1:
     report.legend_outside(ax)
     report.check_fits_column(fig)
     results.write_figure(fig, out / "better_than_ts_by_size.png")
-    glue(f"rob_{dataset}_better_by_size_fig", fig, display=False)
-    results.show(fig)
+    results.glue_figure(f"rob_{dataset}_better_by_size_fig", fig)
 else:
     display(Markdown("Only one training size was run (`sizes` is empty)."))
 
@@ -276,8 +274,7 @@ if prompt_cfgs:
     report.legend_outside(axes[1][0])
     report.check_fits_column(fig)
     results.write_figure(fig, out / "prompt_consistency.png")
-    glue(f"rob_{dataset}_prompt_fig", fig, display=False)
-    results.show(fig)
+    results.glue_figure(f"rob_{dataset}_prompt_fig", fig)
 
 # %%
 stores = [str(experiments.store_dir_for(cfg.run_config(n=s), m, store_root, survey)) for s in dict.fromkeys([n] + list(sizes))

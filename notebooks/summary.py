@@ -137,8 +137,7 @@ labels = [f"ours, {d}" for d in names] + [f"paper, {llm}" for llm in paper_llms]
 report.legend_outside(fig, where="below", handles=handles, labels=labels, ncol=3)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "headline_ratios.png")
-glue("sum_headline_fig", fig, display=False)
-results.show(fig)
+results.glue_figure("sum_headline_fig", fig)
 
 # %% [markdown]
 # ## Numbers for the "What we found" box

@@ -209,8 +209,7 @@ for ax, mode in zip(axes[:, 0], modes):
 report.legend_outside(fig, where="below", ncol=min(len(show), 6))
 report.check_fits_column(fig)
 results.write_figure(fig, out / "jsd_by_size.png")
-glue(f"ub_{dataset}_size_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"ub_{dataset}_size_fig", fig)
 
 # %% [markdown]
 # ## Per-subgroup error sorted by size (paper Fig. 4)
@@ -246,8 +245,7 @@ axes[-1, 0].set_xlabel("subgroups sorted by truth size (tick labels: truth n)")
 report.legend_outside(fig, where="below", ncol=4)
 report.check_fits_column(fig)
 results.write_figure(fig, out / "per_subgroup_sorted.png")
-glue(f"ub_{dataset}_sorted_fig", fig, display=False)
-results.show(fig)
+results.glue_figure(f"ub_{dataset}_sorted_fig", fig)
 
 # %% [markdown]
 # ## The paper's numbers, for reference only

@@ -107,6 +107,19 @@ def test_py_and_ipynb_in_sync(py):
     assert "py:percent" in b.metadata.get("jupytext", {}).get("formats", ""), "pair with: jupytext --set-formats ipynb,py:percent"
 
 
+@pytest.mark.parametrize("py", PY_NOTEBOOKS, ids=lambda p: p.name)
+def test_figures_are_glued_from_one_rendering(py):
+    """A figure is glued through results.glue_figure, never glue(name, fig) plus a second display.
+
+    Rendered twice, a figure can give two different PNGs, and the book then links an image myst-nb never wrote.
+    """
+    import re
+
+    twice = [line for line in py.read_text(encoding="utf-8").splitlines()
+             if re.search(r"\bglue\([^)]*,\s*(fig|figure|plt\.gcf\(\))\b", line)]
+    assert not twice, f"{py.name} glues a figure directly; use results.glue_figure(name, fig): {twice}"
+
+
 @pytest.mark.parametrize("ipynb", IPYNBS, ids=lambda p: p.name)
 def test_one_parameters_cell_and_no_outputs(ipynb):
     nb = nbformat.read(ipynb, as_version=4)
