@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -264,6 +265,14 @@ def _cell(value, column: str) -> tuple[str, bool]:
     return str(value), False
 
 
+_NO_BREAK = re.compile(r"(?<=[\d%)]) (?=[±–-])|(?<=[±<>≤≥]) (?=[-−\d.])|(?<=\d) (?=%)")
+
+
+def _no_break(text: str) -> str:
+    """``text`` with no-break spaces inside number groups ("0.011 ± 0.002", "> 50%", "< 0.001")."""
+    return _NO_BREAK.sub("\u00a0", text) if isinstance(text, str) else text
+
+
 def table(df: pd.DataFrame, caption: str | None = None, notes: Sequence[str] = (), max_rows: int = 25,
           missing: str = "not available", index: bool | None = None, shares: Sequence[str] = ("share",)) -> Table:
     """Format ``df`` for the report (see the module docstring) and return a :class:`Table`.
@@ -298,6 +307,8 @@ def table(df: pd.DataFrame, caption: str | None = None, notes: Sequence[str] = (
     all_notes = list(notes) + ([f"{MISSING}: {missing}."] if any_missing else [])
 
     def _html(frame: pd.DataFrame) -> str:
+        # cells may wrap to fit the book's column, but never inside a number: "0.011 ± 0.002", "> 50%"
+        frame = frame.map(_no_break)
         return frame.to_html(index=False, escape=True, border=0, classes="report-table-grid")
 
     parts = ['<div class="report-table">']

@@ -139,9 +139,9 @@ p2_full = p2[p2.truth_mode == cfg.modes[0]].set_index("method")
 compact = pd.DataFrame({"runs": p2_full.runs, "Phase 2 ran": p2_full.phase2_run_share})
 for mode in cfg.modes:
     pm = p2[p2.truth_mode == mode].set_index("method").loc[p2_full.index]
-    compact[f"change in JSD ({report.TRUTH_LABELS[mode]})"] = [
+    compact[f"JSD change ({report.TRUTH_LABELS[mode]})"] = [
         report.mean_sd(v, sd) for v, sd in zip(pm.phase2_change_jsd, pm.change_sd)]
-    compact[f"lowered JSD ({report.TRUTH_LABELS[mode]})"] = pm.lowered_share
+    compact[f"lowered ({report.TRUTH_LABELS[mode]})"] = pm.lowered_share
 compact["pairs"] = p2_full.pairs
 compact["steps"] = p2_full.phase2_steps
 tbl = report.table(compact.rename_axis("method").reset_index(),
@@ -156,7 +156,9 @@ glue(f"regime_{tag}_no_guard_steps", float(p2_full.loc["DSA (no guard)", "phase2
 dsa_runs = runs[(runs.method == "DSA") & (runs.truth_mode == cfg.modes[0])]
 glue(f"regime_{tag}_guard_rejected", report.plain(
     f"{int((dsa_runs.phase2_outcome == 'rejected').sum())} of {len(dsa_runs)}"), display=False)
-display(report.table(runs, caption="Every DSA run", max_rows=20,
+display(report.table(runs[["question", "seed", "truth_mode", "method", "jsd_mean", "tkft_jsd", "phase2_change_jsd",
+                            "phase2_outcome", "phase1_epochs"]],
+                     caption="Every DSA run (pairs, attribute changes and steps: phase2_runs.csv)", max_rows=20,
                      missing="not run (the guard rejected Phase 2 or no pair reached the size threshold)"))
 
 # %% [markdown]

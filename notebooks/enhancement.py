@@ -149,9 +149,11 @@ glue(f"enh_{dataset}_findings", report.plain("; ".join(sentences) + ".") if sent
 display(Markdown("\n".join(f"- {t}" for t in sentences)))
 
 # %%
-per_q = res.pivot_table(index=["truth_mode", "question"], columns="method", values="jsd_mean", aggfunc="mean")
-per_q = per_q[report.method_order(per_q.columns)].reset_index()
-display(report.table(per_q, caption="JSD per question (mean over training samples)", max_rows=12))
+for mode in cfg.modes:  # methods as rows, questions as columns: one table per truth fits the book's column
+    per_q = res[res.truth_mode == mode].pivot_table(index="method", columns="question", values="jsd_mean",
+                                                    aggfunc="mean")
+    display(report.table(per_q.rename_axis(columns=None).reset_index(),
+                         caption=f"Truth: {report.TRUTH_LABELS[mode]}. JSD per question (mean over training samples)"))
 fig, axes = report.figure(1, len(modes), height=4.6, sharey=True)
 for ax, mode in zip(axes[0], modes):
     s = report.seed_summary(res[res.truth_mode == mode], "jsd_mean", by=["method"])

@@ -474,3 +474,11 @@ def test_table_formats_settings_mappings_without_reprs():
                                              {}]}))
     assert list(t.frame["value"]) == ["DSA: guard no; DSA-ratio: guard no, lr 0.00100", "none"]
     assert "{" not in t.html and "False" not in t.html
+
+
+def test_table_html_never_breaks_inside_a_number():
+    t = report.table(pd.DataFrame({"method": ["TS"], "JSD": [report.mean_sd(0.011, 0.002)], "saving": ["> 50.0%"],
+                                   "note": ["worse than TS"]}))
+    html_text = t._repr_html_()
+    assert "0.0110\u00a0±\u00a00.0020" in html_text and ">\u00a050.0%" in html_text.replace("&gt;", ">")
+    assert "worse than TS" in html_text  # ordinary words still wrap

@@ -139,19 +139,20 @@ class RunSources(SphinxDirective):
             data = meta.get("data") or {}
             params = meta.get("params", {})
             if data:
-                src = f"{data.get('source', '')} ({data.get('source_kind', '')})"
+                src, kind = str(data.get("source", "")), str(data.get("source_kind", ""))
+                src = src if not kind or src.startswith(kind) else f"{src} ({kind})"
                 resp = f"{int(data['respondents']):,}" if data.get("respondents") is not None else ""
                 ds = data.get("dataset", params.get("dataset", ""))
             else:
                 src, resp, ds = "synthetic tables (no survey data)", "", params.get("dataset", "")
             model = params.get("model", "") or ""
             seeds = params.get("seeds", "")
-            nb = f"[{study}/{run}.ipynb](outputs/{study}/{run}.ipynb)" if (REPO / "outputs" / study / f"{run}.ipynb").exists() else ""
-            rows.append(f"| {study} | {nb or run} | {_cell(ds)} | {_cell(src)} | {resp} | {_cell(model)} | {_cell(seeds)} |")
+            nb = f"[{study}/{run}](outputs/{study}/{run}.ipynb)" if (REPO / "outputs" / study / f"{run}.ipynb").exists() else ""
+            rows.append(f"| {nb or f'{study}/{run}'} | {_cell(ds)} | {_cell(src)} | {resp} | {_cell(model)} | {_cell(seeds)} |")
         if not rows:
             return _parse(self, "No reference run has written `outputs/<study>/<name>/metadata.json` yet.")
-        text = "\n".join(["| study | run | dataset | source | respondents | model | seeds |",
-                          "|---|---|---|---|---|---|---|", *rows])
+        text = "\n".join(["| run (study/name) | dataset | source | respondents | model | seeds |",
+                          "|---|---|---|---|---|---|", *rows])
         return _parse(self, text)
 
 
@@ -195,7 +196,7 @@ class RunEnvironment(SphinxDirective):
             with times_path.open(newline="", encoding="utf-8") as f:
                 for row in csv.DictReader(f):
                     times[(row.get("study"), row.get("name"))] = row
-        rows, pkgs, systems, total_s = [], {}, {}, 0.0
+        entries, pkgs, systems, total_s = [], {}, {}, 0.0
         for nb_path in sorted((REPO / "outputs").glob("*/*.ipynb")):
             if nb_path.name.endswith(".failed.ipynb") or nb_path.name.startswith("."):
                 continue
@@ -211,11 +212,12 @@ class RunEnvironment(SphinxDirective):
             commit = str(cv.get("commit", ""))[:7]
             dirty = {True: "yes", False: "no"}.get(cv.get("dirty"), "not recorded")
             t = times.get((study, run), {})
+            timed = ""
             if t.get("seconds"):
                 dur_s = f"{float(t['seconds']):,.0f} s"
                 timed = str(t.get("code_commit") or "")[:7]
-                if timed and commit and timed != commit:  # the time is that of an earlier run of the same results
-                    dur_s += f" (run at `{_cell(timed)}`)"
+                timed = f"`{_cell(timed)}`" if timed and commit and timed != commit else "same"
+                total_s += float(t["seconds"])
             elif isinstance(pm.get("duration"), (int, float)):
                 dur_s = f"{pm['duration']:,.0f} s (notebook cells only)"
             else:
@@ -224,26 +226,42 @@ class RunEnvironment(SphinxDirective):
             machine = " ".join(x for x in [f"{t['cpus']} CPUs" if t.get("cpus") else "", t.get("machine", "")] if x)
             for k, v in meta.get("packages", {}).items():
                 pkgs.setdefault(k, set()).add(str(v))
-            if t.get("seconds"):
-                total_s += float(t["seconds"])
             for key in ("python", "platform"):
                 if meta.get(key):
                     systems.setdefault(key, set()).add(str(meta[key]))
-            rows.append(f"| {study} | {run} | {started} | {dur_s} | {_cell(machine) or 'not recorded'} "
-                        f"| `{_cell(commit) or 'not recorded'}` | {dirty} |")
-        if not rows:
+            entries.append({"run": f"{study}/{run}", "started": started, "commit": commit, "dirty": dirty,
+                            "time": dur_s, "timed": timed or "not recorded", "machine": machine or "not recorded"})
+        if not entries:
             return _parse(self, "No executed reference notebook is in `outputs/` yet.")
         total = (f"The wall times in `outputs/run_times.csv` add up to {total_s / 60:,.0f} min "
                  f"({total_s:,.0f} s).") if total_s else "No wall times are recorded in `outputs/run_times.csv`."
+        machines = sorted({e["machine"] for e in entries})
+        one_machine = len(machines) == 1
+        header = ["run", "executed (UTC)", "code", "uncommitted changes", "wall time", "timed at"]
+        if not one_machine:
+            header.append("machine")
+        rows = ["| " + " | ".join([e["run"], e["started"], f"`{_cell(e['commit']) or 'not recorded'}`", e["dirty"],
+                                   e["time"], e["timed"]] + ([] if one_machine else [_cell(e["machine"])])) + " |"
+                for e in entries]
+        notes = []
+        for bench in sorted((REPO / "outputs" / "benchmarks" / "headline_profile").glob("*.json")):
+            self.env.note_dependency(str(bench))
+            b = json.loads(bench.read_text())
+            name = Path(str(b.get("params", ""))).stem
+            if b.get("total_seconds") and name:
+                notes.append(f"The results of `enhancement/{name}` were computed by `benchmarks/headline_profile.py` "
+                             f"in {float(b['total_seconds']):,.0f} s (`outputs/benchmarks/headline_profile/"
+                             f"{bench.name}`); its notebook's own time is that of reading them back.")
         system = "; ".join(f"{'Python' if k == 'python' else 'platform'} {', '.join(f'`{v}`' for v in sorted(vals))}"
                            for k, vals in sorted(systems.items()))
         text = [total, "",
-                "The wall time is that of the run recorded in `outputs/run_times.csv`; where that run's commit "
-                "differs from the notebook's own (its `metadata.json`), the notebook was executed again at the "
-                "later commit, reading the results back from the stores, and the time column names the commit "
-                "of the timed run.", "",
-                "| study | run | started (UTC) | wall time | machine | code | uncommitted changes |",
-                "|---|---|---|---|---|---|---|", *rows, "",
+                "*code*: the commit that last executed the notebook (its `metadata.json`), and whether the tree had "
+                "uncommitted changes. *Wall time*: the run recorded in `outputs/run_times.csv`; *timed at* names "
+                "that run's commit when it differs from *code* (the notebook was executed again at the later "
+                "commit, reading its results back from the stores)."
+                + (f" Every run recorded the same machine: {_cell(machines[0])}." if one_machine else ""), "",
+                "| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, "",
+                *[n + "\n" for n in notes],
                 f"Recorded by the runs: {system or 'no Python or platform recorded'}.", "",
                 "Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|"]
