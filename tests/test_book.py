@@ -187,22 +187,6 @@ def _chrome_paths() -> tuple[str | None, str | None]:
 
 #: Text that must never appear on a page: a missing value, a raw Path repr, a progress-bar warning.
 FORBIDDEN_TEXT = {"NaN": r"\bNaN\b", "PosixPath": r"PosixPath\(", "TqdmWarning": r"TqdmWarning"}
-#: Executed reference notebooks that still come from the code before dsalib.report (commit STALE_COMMIT): the
-#: raw-values check reports them but does not fail on them until `make outputs` regenerates them. A run listed
-#: here whose metadata names any other commit must be clean, so the list cannot hide a regenerated page.
-STALE_STUDIES = ("data_efficiency", "robustness")
-STALE_COMMIT = "c96205d"
-
-
-def _stale(page_rel: Path) -> bool:
-    parts = page_rel.parts
-    if len(parts) < 3 or parts[0] != "outputs" or parts[1] not in STALE_STUDIES:
-        return False
-    meta = REPO / "outputs" / parts[1] / Path(parts[2]).stem / "metadata.json"
-    if not meta.is_file():
-        return False
-    commit = json.loads(meta.read_text()).get("code_version", {}).get("commit", "")
-    return commit.startswith(STALE_COMMIT)
 #: Window width of the browser checks (the issue's reading width) and the smallest figure on a page.
 WINDOW_WIDTH = 1400
 MIN_FIGURE_PX = 500
@@ -227,6 +211,19 @@ for (const el of art.querySelectorAll('*')) {
   const text = (el.textContent || '').trim().slice(0, 60).replace(/\\s+/g, ' ');
   out.push(`${el.tagName.toLowerCase()}${el.className ? '.' + String(el.className).split(' ')[0] : ''} `
            + `${Math.round(r.width)} px > column ${Math.round(ar.width)} px: "${text}"`);
+}
+return out;
+"""
+# Boxes in the article that scroll sideways because their content is wider (the reader sees a clipped table).
+_SCROLLED_JS = """
+const art = document.querySelector('article.bd-article') || document.querySelector('main');
+if (!art) return [];
+const out = [];
+for (const el of art.querySelectorAll('*')) {
+  const o = getComputedStyle(el).overflowX;
+  if ((o === 'auto' || o === 'scroll') && el.scrollWidth > el.clientWidth + 2)
+    out.push(`${el.tagName.toLowerCase()}.${String(el.className).split(' ')[0]} ${el.scrollWidth} px in `
+             + `${el.clientWidth} px: "${(el.textContent || '').trim().slice(0, 60).replace(/\\s+/g, ' ')}"`);
 }
 return out;
 """
@@ -266,6 +263,7 @@ def browsed(built) -> dict:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     overflow: dict[str, list] = {}
+    scrolled: dict[str, list] = {}
     figures: dict[str, list] = {}
     try:
         drv.set_page_load_timeout(60)
@@ -323,6 +321,7 @@ def browsed(built) -> dict:
                 if entry.get("level") == "SEVERE":
                     problems.append(f"{rel}: console error: {entry.get('message')}")
             overflow[rel] = drv.execute_script(_OVERFLOW_JS)
+            scrolled[rel] = drv.execute_script(_SCROLLED_JS)
             figures[rel] = drv.execute_script(_FIGURES_JS)
             # Screenshot of the whole page.
             height = drv.execute_script("return Math.min(document.documentElement.scrollHeight, 12000)")
@@ -331,7 +330,7 @@ def browsed(built) -> dict:
             drv.set_window_size(WINDOW_WIDTH, 1600)
     finally:
         drv.quit()
-    return {"problems": problems, "overflow": overflow, "figures": figures, "pages": pages}
+    return {"problems": problems, "overflow": overflow, "scrolled": scrolled, "figures": figures, "pages": pages}
 
 
 @pytest.mark.slow
@@ -370,6 +369,14 @@ def test_nothing_wider_than_the_content_column(browsed):
 
 
 @pytest.mark.slow
+def test_report_pages_need_no_sideways_scrolling(browsed):
+    """The report's own pages (not the executed notebooks under outputs/) show every table whole at 1400 px."""
+    bad = {page: items for page, items in browsed["scrolled"].items() if items and not page.startswith("outputs/")}
+    assert not bad, "tables or code that scroll sideways on report pages:\n" + "\n".join(
+        f"{page}: " + "; ".join(items[:3]) for page, items in sorted(bad.items()))
+
+
+@pytest.mark.slow
 def test_figures_are_at_least_500_px_wide(browsed):
     """Every figure in a page's article is shown at least MIN_FIGURE_PX px wide (no shrunken plots)."""
     bad = {page: [f"{src} {w} px (natural {nat} px)" for src, w, nat in figs if w < MIN_FIGURE_PX]
@@ -382,16 +389,14 @@ def test_figures_are_at_least_500_px_wide(browsed):
 def test_no_raw_values_on_any_page(built):
     """No page shows "NaN", a ``PosixPath(...)`` repr or a ``TqdmWarning`` (tables go through dsalib.report)."""
     assert built["proc"].returncode == 0
-    found, stale = [], []
+    found = []
     for page in _html_pages(built["html"]):
         text = _visible_text(page)
         rel = page.relative_to(built["html"])
         for name, pattern in FORBIDDEN_TEXT.items():
             n = len(re.findall(pattern, text))
             if n:
-                (stale if _stale(rel) else found).append(f"{rel}: {name} ×{n}")
-    if stale:
-        print("raw values on pages of runs not yet regenerated (STALE_STUDIES):\n" + "\n".join(stale))
+                found.append(f"{rel}: {name} ×{n}")
     assert not found, "raw values on pages:\n" + "\n".join(found)
 
 
