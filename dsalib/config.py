@@ -716,6 +716,9 @@ class SummaryConfig(StudyConfig):
                               doc="the paper's Table 1 in the same measure as metric")
     paper_llms: list[str] = _param(["Qwen3-4B", "Qwen3-32B", "Llama3-8B"], doc="the paper's LLMs shown beside ours",
                                    nonempty=True, distinct=True)
+    generation_dir: str = _param("outputs/generation", doc="Generation runs: <dir>/<dataset>/summary.csv")
+    paper_generation_table: str = _param("book/_data/paper_table2_generation.csv",
+                                         doc="the paper's Table 2 (Generation), set beside ours as ratios to Direct")
     weighting_runs: list[str] = _param(["ess10no", "ess10no_weighted"], doc="the unweighted and the weighted "
                                        "Enhancement run of one dataset compared for survey weights; empty skips it",
                                        distinct=True)

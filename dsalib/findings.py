@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 ENHANCEMENT_DIR = REPO / "outputs" / "enhancement"
 PAPER_TABLE1_JSD = REPO / "book" / "_data" / "paper_table1_enhancement_jsd.csv"
 PAPER_TABLE1_WD = REPO / "book" / "_data" / "paper_table1_enhancement_wd.csv"
+PAPER_TABLE2 = REPO / "book" / "_data" / "paper_table2_generation.csv"
 KEY_COLUMNS = ("dataset", "truth_mode", "question", "seed", "method")
 METRICS = ("jsd_mean", "wd_scaled_mean", "wd_mean")
 #: The LLM methods of the paper's Table 1.
@@ -324,6 +325,56 @@ def load_data_savings(root=REPO / "outputs" / "data_efficiency", n: int | None =
     t.loc[worse, "saving_shown"] = "none (worse than TS)"
     t.loc[t["saving_text"].isna(), "saving_shown"] = np.nan
     return t.reset_index(drop=True)
+
+
+#: The Generation splits of the paper's Table 2 and of the generation study, and their average.
+GENERATION_SPLITS = ("NewQ", "NewP", "Both", "Avg")
+
+
+def generation_ratios(root=REPO / "outputs" / "generation", paper=PAPER_TABLE2, metric: str = "jsd") -> pd.DataFrame:
+    """Generation errors as ratios to zero-shot ``Direct``, ours (each generation run) and the paper's Table 2.
+
+    Generation has no training sample of the test question, so ``TS`` is not a yardstick there; ``Direct``
+    (the untrained model) is, in both experiments. Columns source ("ours, <dataset>" or "paper, <LLM>"),
+    method, split (NewQ, NewP, Both, Avg), error, direct_error, ratio. ``metric``: "jsd" or "wd" (the paper's
+    WD and our WD/(K−1); ratios are unaffected by the scaling).
+    """
+    if metric not in ("jsd", "wd"):
+        raise DsaError(f"metric must be 'jsd' or 'wd', got {metric!r}")
+    ours = _read_study_tables(root, "summary.csv")
+    col = {"jsd": "jsd_mean", "wd": "wd_scaled_mean"}[metric]
+    need = [f"{col}|{s}" for s in GENERATION_SPLITS]
+    missing = [c for c in need if c not in ours.columns]
+    if missing or "method" not in ours.columns:
+        raise DsaError(f"generation summary.csv under {_resolve(root)} lacks columns {missing or ['method']}; "
+                       f"rerun the generation study")
+    path = _resolve(paper)
+    if not path.exists():
+        raise DsaError(f"the paper's Table 2 is not at {path} (book/_data holds the transcription)")
+    pt = pd.read_csv(path)
+    pcols = {s: f"{metric.upper()} {'Avg.' if s == 'Avg' else s}" for s in GENERATION_SPLITS}
+    if not {"LLM", "method", *pcols.values()} <= set(pt.columns):
+        raise DsaError(f"{path}: expected columns LLM, method and {sorted(pcols.values())}")
+    rows = []
+    for dataset, t in ours.groupby("dataset", sort=True):
+        t = t.set_index("method")
+        if "Direct" not in t.index:
+            raise DsaError(f"the generation run on {dataset} has no Direct row to divide by")
+        for m in t.index:
+            for s in GENERATION_SPLITS:
+                err, ref = float(t.loc[m, f"{col}|{s}"]), float(t.loc["Direct", f"{col}|{s}"])
+                rows.append({"source": f"ours, {dataset}", "method": m, "split": s, "error": err,
+                             "direct_error": ref, "ratio": err / ref})
+    for llm, t in pt.groupby("LLM", sort=False):
+        t = t.set_index("method")
+        if "Direct" not in t.index:
+            raise DsaError(f"{path}: {llm} has no Direct row to divide by")
+        for m in t.index:
+            for s in GENERATION_SPLITS:
+                err, ref = float(t.loc[m, pcols[s]]), float(t.loc["Direct", pcols[s]])
+                rows.append({"source": f"paper, {llm}", "method": m, "split": s, "error": err,
+                             "direct_error": ref, "ratio": err / ref})
+    return pd.DataFrame(rows)
 
 
 def scale_facts(root=ENHANCEMENT_DIR, datasets: Sequence[str] | None = None) -> pd.DataFrame:

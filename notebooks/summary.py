@@ -49,6 +49,8 @@ datasets = None  # run folders to read; None means every folder with a results.c
 metric = "jsd_mean"  # error measure of the ratios: jsd_mean or wd_scaled_mean
 paper_table = "book/_data/paper_table1_enhancement_jsd.csv"  # the paper's Table 1 (same measure as metric)
 paper_llms = ["Qwen3-4B", "Qwen3-32B", "Llama3-8B"]  # the paper's LLMs to show beside ours
+generation_dir = "outputs/generation"  # Generation runs: <dir>/<dataset>/summary.csv
+paper_generation_table = "book/_data/paper_table2_generation.csv"  # the paper's Table 2, beside ours as ratios to Direct
 weighting_runs = ["ess10no", "ess10no_weighted"]  # unweighted and weighted run of one dataset; [] skips that part
 output_dir = None  # None means runs/summary/default/ (git-ignored); relative paths are under the repository root
 
@@ -210,6 +212,29 @@ for mode in modes:
                "saving is at least x%. \"none\": the method is worse than TS even at the grid's smallest size."])
     display(savings_table)
     glue(f"sum_savings_table_{mode}", savings_table, display=False)
+
+# %% [markdown]
+# ## Generation beside the paper's Table 2
+#
+# Generation has no training sample of the test question, so the yardstick is the
+# untrained model (`Direct`): each method's error as a ratio to `Direct`'s, averaged over
+# the three splits (unseen questions, unseen population, both), ours and the paper's.
+
+# %%
+gen = findings.generation_ratios(generation_dir, paper_generation_table, metric="jsd" if metric == "jsd_mean" else "wd")
+results.write_table(gen, out / "generation_ratios.csv", prov)
+gen_avg = gen[gen.split == "Avg"].pivot_table(index="method", columns="source", values="ratio", sort=False)
+gen_table = report.table(gen_avg.rename_axis(columns=None).rename_axis("method").reset_index(),
+                         caption="Generation: error as a ratio to Direct, mean over the three splits",
+                         missing="the paper does not report this method")
+display(gen_table)
+glue("sum_generation_table", gen_table, display=False)
+ours_gen = [c for c in gen_avg.columns if c.startswith("ours")]
+for m in ("TKFT", "DSA"):
+    if ours_gen and m in gen_avg.index:
+        glue(f"sum_gen_{m.lower()}_ratio", float(gen_avg.loc[m, ours_gen[0]]), display=False)
+    if "paper, Qwen3-4B" in gen_avg.columns and m in gen_avg.index:
+        glue(f"sum_gen_paper_{m.lower()}_ratio", float(gen_avg.loc[m, "paper, Qwen3-4B"]), display=False)
 
 # %% [markdown]
 # ## Scale of these runs

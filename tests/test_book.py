@@ -221,7 +221,7 @@ if (!art) return [];
 const out = [];
 for (const el of art.querySelectorAll('*')) {
   const o = getComputedStyle(el).overflowX;
-  if ((o === 'auto' || o === 'scroll') && el.scrollWidth > el.clientWidth + 2)
+  if ((o === 'auto' || o === 'scroll') && el.scrollWidth > el.clientWidth)
     out.push(`${el.tagName.toLowerCase()}.${String(el.className).split(' ')[0]} ${el.scrollWidth} px in `
              + `${el.clientWidth} px: "${(el.textContent || '').trim().slice(0, 60).replace(/\\s+/g, ' ')}"`);
 }

@@ -482,3 +482,22 @@ def test_table_html_never_breaks_inside_a_number():
     html_text = t._repr_html_()
     assert "0.0110\u00a0±\u00a00.0020" in html_text and ">\u00a050.0%" in html_text.replace("&gt;", ">")
     assert "worse than TS" in html_text  # ordinary words still wrap
+
+
+def test_generation_ratios_divide_by_direct_in_ours_and_the_papers(tmp_path):
+    run = tmp_path / "gen" / "toy"
+    run.mkdir(parents=True)
+    cols = {f"{m}|{s}": [] for m in ("jsd_mean", "wd_scaled_mean") for s in findings.GENERATION_SPLITS}
+    rows = {"Direct": 0.2, "TKFT": 0.05}
+    frame = pd.DataFrame({"method": list(rows), **{c: list(rows.values()) for c in cols}})
+    frame.to_csv(run / "summary.csv", index=False)
+    r = findings.generation_ratios(tmp_path / "gen")
+    ours = r[(r.source == "ours, toy") & (r.split == "Avg")].set_index("method").ratio
+    assert ours["Direct"] == 1.0 and abs(ours["TKFT"] - 0.25) < 1e-12
+    paper = r[(r.source == "paper, Qwen3-4B") & (r.split == "Avg")].set_index("method")
+    assert abs(paper.loc["DSA", "ratio"] - 0.208 / 0.378) < 1e-12  # the transcribed Table 2: JSD Avg.
+    frame[frame.method != "Direct"].to_csv(run / "summary.csv", index=False)
+    with pytest.raises(DsaError, match="no Direct row"):
+        findings.generation_ratios(tmp_path / "gen")
+    with pytest.raises(DsaError, match="metric"):
+        findings.generation_ratios(tmp_path / "gen", metric="kl")

@@ -248,7 +248,7 @@ class RunEnvironment(SphinxDirective):
             self.env.note_dependency(str(bench))
             b = json.loads(bench.read_text())
             name = Path(str(b.get("params", ""))).stem
-            if b.get("total_seconds") and name:
+            if b.get("total_seconds") and name and bench.stem == name:  # <name>.json filled the stores; others are re-measurements
                 notes.append(f"The results of `enhancement/{name}` were computed by `benchmarks/headline_profile.py` "
                              f"in {float(b['total_seconds']):,.0f} s (`outputs/benchmarks/headline_profile/"
                              f"{bench.name}`); its notebook's own time is that of reading them back.")
