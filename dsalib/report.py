@@ -604,7 +604,7 @@ def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8, m
         shown = kept[::-1]
     axis = ax.xaxis if which == "x" else ax.yaxis
     (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-    (ax.set_xticks if which == "x" else ax.set_yticks)(shown, [format_number(int(t) if t == int(t) else t)
+    (ax.set_xticks if which == "x" else ax.set_yticks)(shown, [format_number(int(t)) if t == int(t) else f"{t:g}"
                                                                for t in shown])
     axis.set_minor_locator(NullLocator())
     axis.set_minor_formatter(NullFormatter())

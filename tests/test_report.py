@@ -463,6 +463,8 @@ def test_log_axis_labels_plain_numbers():
     # labels too close on the log scale are thinned, keeping the last one (no "800" over "1,000")
     report.log_axis(ax, [50, 150, 300, 500, 800, 1000])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["50", "150", "300", "500", "1,000"]
+    report.log_axis(ax, [0.07, 0.1, 0.3], which="y")  # fractions as written: "0.07", not "0.0700"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.07", "0.1", "0.3"]
     with pytest.raises(DsaError, match="positive"):
         report.log_axis(ax, [0, 10])
     plt.close(fig)
