@@ -579,6 +579,27 @@ def versus(a: str, a_value: float, b: str, b_value: float, what: str = "JSD") ->
     return f"`{a}` {format_number(a_value)} against `{b}` {format_number(b_value)} ({what}): {rel}"
 
 
+def nice_log_ticks(values: Iterable[float], steps: Sequence[float] = (1, 1.5, 2, 3, 5, 7)) -> list[float]:
+    """Round tick values (1, 1.5, 2, 3, 5, 7 times a power of ten) spanning the positive ``values``.
+
+    Non-positive and missing values are ignored (a log axis cannot show them). The ticks run from the
+    largest nice value at or below the smallest value to the smallest at or above the largest, so there
+    are always at least two. Raises :class:`DsaError` when no value is positive.
+    """
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        raise DsaError("nice_log_ticks: no positive value to put on a log axis")
+    lo, hi = float(v.min()), float(v.max())
+    grid = sorted({round(s * 10.0 ** k, 12) for k in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 2)
+                   for s in steps})
+    below = [g for g in grid if g <= lo * (1 + 1e-12)]
+    above = [g for g in grid if g >= hi * (1 - 1e-12)]
+    start, stop = (below[-1] if below else grid[0]), (above[0] if above else grid[-1])
+    ticks = [g for g in grid if start <= g <= stop]
+    return ticks if len(ticks) >= 2 else [start, next(g for g in grid if g > start)]
+
+
 def log_axis(ax, ticks: Sequence[float], which: str = "x", max_ticks: int = 8, min_gap: float = 0.09):
     """A log-scale axis labelled at ``ticks`` in plain numbers ("200", "1,000"; not "2×10²"), no minor labels.
 

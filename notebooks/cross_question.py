@@ -119,9 +119,9 @@ for ax, mode in zip(axes[0], cfg.modes):
                     label=m, ls="--" if m in cross_question.CONTROLS else "-")
     report.log_axis(ax, cfg.sizes)
     # TS is far above the rest: a log y axis keeps the close LLM and statistical lines apart.
-    lo, hi = (sizes_table.jsd_mean - sizes_table.jsd_mean_sd).min(), (sizes_table.jsd_mean + sizes_table.jsd_mean_sd).max()
-    report.log_axis(ax, [v for v in (0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7) if lo * 0.8 <= v <= hi * 1.2],
-                    which="y")
+    spread = sizes_table.jsd_mean_sd.fillna(0)
+    report.log_axis(ax, report.nice_log_ticks(pd.concat([sizes_table.jsd_mean - spread, sizes_table.jsd_mean + spread,
+                                                         sizes_table.jsd_mean])), which="y")
     ax.set_xlabel("training size n of the target question")
     ax.set_title(f"truth: {report.TRUTH_LABELS[mode]}")
 axes[0][0].set_ylabel("JSD, mean ± s.d. over seeds (log scale)")

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dsalib import findings, methods, progress, report
 from dsalib.errors import DsaError
@@ -503,3 +505,18 @@ def test_generation_ratios_divide_by_direct_in_ours_and_the_papers(tmp_path):
         findings.generation_ratios(tmp_path / "gen")
     with pytest.raises(DsaError, match="metric"):
         findings.generation_ratios(tmp_path / "gen", metric="kl")
+
+
+@given(st.lists(st.floats(min_value=1e-6, max_value=1e3, allow_nan=False), min_size=1, max_size=20),
+       st.lists(st.floats(max_value=0, allow_nan=False), max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_nice_log_ticks_span_the_positive_values(positive, non_positive):
+    ticks = report.nice_log_ticks(positive + non_positive)  # zeros and negatives are left out, never an error
+    assert len(ticks) >= 2 and ticks == sorted(set(ticks)) and all(t > 0 for t in ticks)
+    assert ticks[0] <= min(positive) * (1 + 1e-9) and ticks[-1] >= max(positive) * (1 - 1e-9)
+    assert ticks[-1] / ticks[0] <= max(positive) / min(positive) * 10  # no more than one step beyond each end
+
+
+def test_nice_log_ticks_need_a_positive_value():
+    with pytest.raises(DsaError, match="no positive value"):
+        report.nice_log_ticks([0.0, -1.0, float("nan")])
