@@ -355,25 +355,19 @@ def generation_ratios(root=REPO / "outputs" / "generation", paper=PAPER_TABLE2, 
     pcols = {s: f"{metric.upper()} {'Avg.' if s == 'Avg' else s}" for s in GENERATION_SPLITS}
     if not {"LLM", "method", *pcols.values()} <= set(pt.columns):
         raise DsaError(f"{path}: expected columns LLM, method and {sorted(pcols.values())}")
-    rows = []
-    for dataset, t in ours.groupby("dataset", sort=True):
+    def ratios(source: str, t: pd.DataFrame, columns: dict, where: str) -> list[dict]:
         t = t.set_index("method")
         if "Direct" not in t.index:
-            raise DsaError(f"the generation run on {dataset} has no Direct row to divide by")
-        for m in t.index:
-            for s in GENERATION_SPLITS:
-                err, ref = float(t.loc[m, f"{col}|{s}"]), float(t.loc["Direct", f"{col}|{s}"])
-                rows.append({"source": f"ours, {dataset}", "method": m, "split": s, "error": err,
-                             "direct_error": ref, "ratio": err / ref})
-    for llm, t in pt.groupby("LLM", sort=False):
-        t = t.set_index("method")
-        if "Direct" not in t.index:
-            raise DsaError(f"{path}: {llm} has no Direct row to divide by")
-        for m in t.index:
-            for s in GENERATION_SPLITS:
-                err, ref = float(t.loc[m, pcols[s]]), float(t.loc["Direct", pcols[s]])
-                rows.append({"source": f"paper, {llm}", "method": m, "split": s, "error": err,
-                             "direct_error": ref, "ratio": err / ref})
+            raise DsaError(f"{where} has no Direct row to divide by")
+        return [{"source": source, "method": m, "split": sp, "error": float(t.loc[m, columns[sp]]),
+                 "direct_error": float(t.loc["Direct", columns[sp]]),
+                 "ratio": float(t.loc[m, columns[sp]]) / float(t.loc["Direct", columns[sp]])}
+                for m in t.index for sp in GENERATION_SPLITS]
+
+    ocols = {sp: f"{col}|{sp}" for sp in GENERATION_SPLITS}
+    rows = [r for dataset, t in ours.groupby("dataset", sort=True)
+            for r in ratios(f"ours, {dataset}", t, ocols, f"the generation run on {dataset}")]
+    rows += [r for llm, t in pt.groupby("LLM", sort=False) for r in ratios(f"paper, {llm}", t, pcols, f"{path}: {llm}")]
     return pd.DataFrame(rows)
 
 
