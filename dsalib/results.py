@@ -580,22 +580,6 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, prov: Mapping, index:
     return write_csv(out, path, float_format=f"%.{TABLE_DIGITS}g")
 
 
-def show(fig=None) -> None:
-    """Display a figure in the notebook as PNG and close it (``plt.show()`` shows nothing under Agg).
-
-    ``fig``: the figure (default: matplotlib's current one).  Notebooks run
-    headless with the Agg backend, so figures are displayed explicitly; they
-    also need ``set_matplotlib_formats("png")`` for glued figures to carry an
-    image (see :func:`use_png_figures`).
-    """
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    fig = fig if fig is not None else plt.gcf()
-    display(fig)
-    plt.close(fig)
-
-
 def glue_figure(name: str, fig) -> None:
     """Glue ``fig`` under ``name`` for the book and display it, both from one PNG rendering, and close it.
 

@@ -187,10 +187,16 @@ results.write_table(facts, out / "scale.csv", prov)
 n_train = int(facts.n.iloc[0])
 better = findings.load_better_than_ts(robustness_dir, train_size=n_train)
 better = better[better.dataset.isin(names)]
-# One table per truth (datasets as columns): both truths side by side are wider than the book's column.
+
+
+def per_truth(frame, mode, value, **kwargs):
+    """Methods by dataset for one truth: both truths side by side are wider than the book's column."""
+    t = frame[frame.truth_mode == mode].pivot_table(index="method", columns="dataset", values=value, sort=False, **kwargs)
+    return t[[d for d in names if d in t.columns]]
+
+
 for mode in modes:
-    bt = better[better.truth_mode == mode].pivot_table(index="method", columns="dataset", values="share", sort=False)
-    bt = bt[[d for d in names if d in bt.columns]]
+    bt = per_truth(better, mode, "share")
     better_table = report.table(bt.rename_axis("method").reset_index(), shares=list(bt.columns),
                                 caption=f"Truth: {report.TRUTH_LABELS[mode]}. Share of evaluated subgroups closer to "
                                         f"the truth than TS (n = {n_train})")
@@ -200,9 +206,7 @@ for mode in modes:
 savings = findings.load_data_savings(data_efficiency_dir, n=n_train)
 savings = savings[savings.dataset.isin(names)]
 for mode in modes:
-    sv = savings[savings.truth_mode == mode].pivot_table(index="method", columns="dataset", values="saving_shown",
-                                                         aggfunc="first", sort=False)
-    sv = sv[[d for d in names if d in sv.columns]]
+    sv = per_truth(savings, mode, "saving_shown", aggfunc="first")
     sv = sv.drop(index=[m for m in ("TS", "floor") if m in sv.index])
     savings_table = report.table(
         sv.rename_axis("method").reset_index(), missing="not computed",
