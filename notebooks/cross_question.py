@@ -92,7 +92,7 @@ results.write_table(results.scalar_columns(res), out / "results.csv", prov)
 sizes_table = cross_question.by_size(res)
 results.write_table(sizes_table, out / "by_size.csv", prov)
 verdicts = cross_question.verdicts(res)
-results.write_table(verdicts, out / "verdicts.csv", prov)
+_ = results.write_table(verdicts, out / "verdicts.csv", prov)  # assigned: as a cell's last line its path would print
 
 # %% [markdown]
 # ## Errors by training size

@@ -98,7 +98,7 @@ summary = regime.summary(res)
 results.write_table(summary, out / "summary.csv", prov)
 p2 = regime.phase2_summary(runs)
 results.write_table(p2, out / "phase2_summary.csv", prov)
-results.write_table(sizes, out / "training_subgroups.csv", prov)
+_ = results.write_table(sizes, out / "training_subgroups.csv", prov)  # assigned: as a cell's last line its path would print
 
 # %% [markdown]
 # ## Errors: mean over questions and training samples
