@@ -15,14 +15,18 @@ It prints one JSON object: the total wall time and the profile, in seconds,
 
 - ``load_data``, ``load_model``: reading the survey and the model;
 - ``prefix_passes``: frozen-prefix forward passes (every method's prompts;
-  each distinct prompt once, then from the cache); ``prefix_prompts`` counts them;
+  each distinct prompt once, then from the cache); ``prefix_prompts`` counts them.
+  Nearly all of it is the one pass over every prompt before the methods run
+  (``prefix_warm_seconds``, :func:`dsalib.experiments.warm_prefix`), which runs
+  the openings that prompts share once (``prefix_shared_passes`` batch-1 passes);
 - ``training``: Phase 1 and Phase 2 steps (``dsalib.engine.train_loop``,
   without its validation passes);
 - ``validation``: the validation passes of epoch selection and of the Phase 2 guard;
 - per method, its fit and scoring time (``fit_by_method``; an LLM method's
-  includes the prefix passes and training it triggered);
+  includes the training it triggered, and any prefix pass the warm pass left);
 - ``statistical``: the sum of the statistical methods' fits (TS, MNL, POLR, EB-MNL);
-- ``floor_and_scoring``: the remainder (noise floors, metrics, stores).
+- ``floor_and_scoring``: the remainder (noise floors, metrics, stores), not
+  counting the warm prefix pass.
 
 Nothing is tuned on the output: the results it computes are the stored
 results of the reference run (the same store key), just in a temporary store.
@@ -84,7 +88,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from dsalib import config, engine, surveys, train
+    from dsalib import config, engine, experiments, surveys, train
     from dsalib.experiments import run_enhancement
     from dsalib.llm_methods import LanguageModel
     from dsalib.methods import needs_model
@@ -97,6 +101,7 @@ def main(argv=None) -> dict:
 
     timer = Timer()
     timer.wrap(engine.OptionModel, "_compute_prefix", "prefix_passes")
+    timer.wrap(experiments, "warm_prefix", "prefix_warm")
     timer.wrap(train, "validation_ce", "validation")
     # train_loop's own time minus the validation passes it ran = the training steps
     timer.wrap(engine, "train_loop", "train_loop")
@@ -135,8 +140,10 @@ def main(argv=None) -> dict:
     prefix = timer.seconds["prefix_passes"]
     validation = timer.seconds["validation"]
     training = timer.seconds["train_loop"] - validation  # validation runs inside train_loop (and after it, for the guard)
-    accounted = load_data + load_model + sum(by_method.values())
-    prefix_prompts = sum(om.prefix_computed for om, _ in lm._option_models.values()) if lm is not None else 0
+    warm = timer.seconds["prefix_warm"]  # the one pass over every prompt before the methods run
+    accounted = load_data + load_model + warm + sum(by_method.values())
+    oms = [om for om, _ in lm._option_models.values()] if lm is not None else []
+    prefix_prompts = sum(om.prefix_computed for om in oms)
     report = {
         "params": os.path.relpath(args.params, ROOT) if Path(args.params).resolve().is_relative_to(ROOT) else args.params,
         "dataset": survey.name, "questions": int(results.question.nunique()), "seeds": list(cfg.seeds),
@@ -149,6 +156,8 @@ def main(argv=None) -> dict:
             "floor_and_scoring": round(total - accounted, 1),
         },
         "prefix_prompts": int(prefix_prompts),
+        "prefix_warm_seconds": round(warm, 1),
+        "prefix_shared_passes": int(sum(om.prefix_shared_passes for om in oms)),
         "fit_by_method": by_method,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                     "torch": torch.__version__, "platform": platform.machine()},

@@ -223,6 +223,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
     if lm is not None:
         lm.chat_template = cfg.chat_template  # a loaded model reads the prompts the way this configuration says
     commit = code_version()["commit"][:12]  # each record says which code computed it (stores outlive commits)
+    units = []  # (question, seed, training table, truths) with something left to compute
     for q in questions:
         for seed in cfg.seeds:
             def key(name, q=q, seed=seed):
@@ -233,7 +234,6 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
             splits = {mode: surveys.enhancement_split(survey, q, cfg.n, int(seed), mode, attrs, cfg.weighted_truth,
                                                         cfg.weighted_train)
                       for mode in modes}
-            train = splits[modes[0]].train
             truths = []
             for mode, split in splits.items():
                 context = {k: v for k, v in split.describe().items() if k not in ("dataset", "question", "seed")}
@@ -248,30 +248,34 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
 
                 truths.append(Truth(stores[mode], key, table, context, f"{survey.name} {q} seed={seed} [{mode}]",
                                     columns=train_n))
-            if lm is None and any(methods.needs_model(m) and any(t.pending(m) for t in truths) for m in order):
-                from .llm_methods import LanguageModel
+            units.append((q, seed, splits[modes[0]].train, truths))
+    llm_units = [u for u in units if any(methods.needs_model(m) and any(t.pending(m) for t in u[3]) for m in order)]
+    if llm_units and lm is None:
+        from .llm_methods import LanguageModel
 
-                lm = LanguageModel.from_config(cfg)
+        lm = LanguageModel.from_config(cfg)
+    if llm_units:
+        warm_prefix(lm, survey, attrs, llm_units, order, cfg.template, progress)
+    for q, seed, train, truths in units:
+        def fit(name, fitted, seed=seed, train=train):
+            prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \
+                name.removeprefix("EB-") in fitted else None
+            method = methods.make_method(name, lm=lm, survey=survey, prior=prior,
+                                         phase1=replace(cfg.phase1, seed=int(seed)),
+                                         phase2=replace(cfg.phase2, seed=int(seed)), strategy=cfg.strategy,
+                                         seed=int(seed), template=cfg.template)
+            method.fit(train)
+            extra = {}
+            if methods.needs_model(name):
+                extra["model"] = cfg.model
+                extra["option_rule"] = lm.describe(train.n_options)
+            if getattr(method, "report", None):
+                extra["report"] = method.report
+            if hasattr(method, "alpha_"):
+                extra["eb_alpha"] = method.alpha_
+            return Fitted(lambda t: method.predict(t.table.keys), extra, method)
 
-            def fit(name, fitted, seed=seed):
-                prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \
-                    name.removeprefix("EB-") in fitted else None
-                method = methods.make_method(name, lm=lm, survey=survey, prior=prior,
-                                             phase1=replace(cfg.phase1, seed=int(seed)),
-                                             phase2=replace(cfg.phase2, seed=int(seed)), strategy=cfg.strategy,
-                                             seed=int(seed), template=cfg.template)
-                method.fit(train)
-                extra = {}
-                if methods.needs_model(name):
-                    extra["model"] = cfg.model
-                    extra["option_rule"] = lm.describe(train.n_options)
-                if getattr(method, "report", None):
-                    extra["report"] = method.report
-                if hasattr(method, "alpha_"):
-                    extra["eb_alpha"] = method.alpha_
-                return Fitted(lambda t: method.predict(t.table.keys), extra, method)
-
-            fit_and_score(order, truths, fit, int(seed), cfg.min_eval_size, progress, floor=floor)
+        fit_and_score(order, truths, fit, int(seed), cfg.min_eval_size, progress, floor=floor)
     frames = []
     for mode in modes:
         df = stores[mode].load_all()
@@ -279,6 +283,33 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
             df["truth_mode"] = mode
         frames.append(df)
     return rows_of(cfg, pd.concat(frames, ignore_index=True), questions)
+
+
+def warm_prefix(lm, survey, attrs, units, names, template: str, progress=print) -> int:
+    """Compute, in one pass, the frozen prefix of every prompt that the LLM methods ``names`` will read for
+    ``units`` ((question, seed, training table, truths)): each subgroup of a training table or a truth, in
+    each template those methods use.  Prompts of one subgroup share its background block across questions
+    and templates, and one pass computes each shared opening once (:meth:`LanguageModel.warm_prefix`).
+    Returns the number of prompts computed (0 when every prompt was cached already)."""
+    # which subgroups each template is read for: the zero-shot methods read the truths' subgroups only
+    reads_train = {}
+    for m in names:
+        tpl = methods.prompt_template(m, template)
+        if tpl is not None:
+            reads_train[tpl] = reads_train.get(tpl, False) or m not in ("Direct", "PE")
+    prompt_list, most = [], 2
+    for q, _, train, truths in units:
+        truth_keys = [t.table.keys for t in truths]
+        most = max(most, train.n_options)
+        for tpl, with_train in reads_train.items():
+            keys = np.unique(np.concatenate(truth_keys + ([train.keys] if with_train else [])), axis=0)
+            prompt_list += lm.build_prompts(survey, q, keys, attrs, tpl)
+    if not prompt_list:
+        return 0
+    computed = lm.warm_prefix(prompt_list, most, progress=progress is not None)
+    if progress and computed:
+        progress(f"frozen prefix: {computed} prompts computed in one pass (shared openings once)")
+    return computed
 
 
 def rows_of(cfg: EnhancementConfig, df: pd.DataFrame, questions: Sequence[str] | None = None) -> pd.DataFrame:

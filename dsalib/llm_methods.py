@@ -61,7 +61,9 @@ class LanguageModel:
     #: Extra arguments of the chat template (e.g. ``{"enable_thinking": False}`` for Qwen3).
     chat_template_kwargs: dict = field(default_factory=dict)
     _probs_cache: dict = field(default_factory=dict, repr=False)
+    _zero_shot_memo: dict = field(default_factory=dict, repr=False)
     _option_models: dict = field(default_factory=dict, repr=False)
+    _prefix_lru: object = field(default=None, repr=False)
     _phase1_memo: dict = field(default_factory=dict, repr=False)
     #: Models fine-tuned on a survey's other questions, by target question (:mod:`dsalib.cross_question`).
     cross_question_models: dict = field(default_factory=dict, repr=False)
@@ -127,15 +129,21 @@ class LanguageModel:
         at its pretrained weights, so the frozen-prefix pass is shared with the
         fine-tuned methods (the engine checks at ``prepare`` that it matches the
         model's own forward pass to 1e-4); otherwise it uses
-        :func:`dsalib.lm.option_probs`.
+        :func:`dsalib.lm.option_probs`.  Each prompt is computed once (memoised).
         """
         if self.scoring != "single_token":
             return self.option_probs(prompt_list, n_options).probs
-        om, initial = self.option_model(n_options, "last_layer")
-        om.load_state_dict(initial)
-        om.prepare(list(prompt_list))
-        p = om.predict().double().cpu().numpy()
-        return p / p.sum(axis=1, keepdims=True)
+        rule = self.rule(n_options)
+        # memoised per prompt: Direct, PE and AAE ask for the same prompts for every seed and truth
+        missing = [p for p in dict.fromkeys(prompt_list) if (p, rule) not in self._zero_shot_memo]
+        if missing:
+            om, initial = self.option_model(n_options, "last_layer")
+            om.load_state_dict(initial)
+            om.prepare(missing)
+            p = om.predict().double().cpu().numpy()
+            for prompt, row in zip(missing, p / p.sum(axis=1, keepdims=True)):
+                self._zero_shot_memo[(prompt, rule)] = row
+        return np.array([self._zero_shot_memo[(p, rule)] for p in prompt_list]).reshape(len(prompt_list), n_options)
 
     def option_model(self, n_options: int, strategy: str = "last_layer"):
         """The shared trainable :class:`dsalib.engine.OptionModel` for a rule and strategy, and its initial weights.
@@ -154,9 +162,55 @@ class LanguageModel:
             base = self.model if strategy == "last_layer" else copy.deepcopy(self.model)
             om = OptionModel(base, self.tokenizer, rule, strategy=strategy, batch_size=self.batch_size,
                              prefix_batch_size=self.prefix_batch_size, cache_dir=self.prefix_cache_dir,
-                             prefix_cache_bytes=self.prefix_cache_bytes)
+                             prefix_cache_bytes=self.prefix_cache_bytes,
+                             prefix_cache=self._shared_prefix_cache() if strategy == "last_layer" else None)
             self._option_models[key] = (om, om.state_dict())
         return self._option_models[key]
+
+    def _shared_prefix_cache(self):
+        """The in-memory frozen-prefix cache shared by this model's ``last_layer`` option models (one per rule)."""
+        from .engine import PrefixCache
+
+        if self._prefix_lru is None:
+            self._prefix_lru = PrefixCache(self.prefix_cache_bytes)
+        return self._prefix_lru
+
+    def warm_prefix(self, prompt_list: Sequence[str], n_options: int, progress: bool = False) -> int:
+        """Run the frozen prefix of every prompt a run will need, in one pass; returns the prompts computed.
+
+        Prompts of different questions and templates share long openings (a
+        subgroup's background block comes first); one pass over all of them
+        computes each shared opening once (:mod:`dsalib.prefix_tree`), where
+        the methods, asking question by question, could share only within a
+        question.  The entries go to the in-memory cache and ``prefix_cache_dir``.
+        Without ``prefix_cache_dir``, prompts that do not fit the in-memory
+        budget are left to be computed when they are asked for.  Does nothing
+        for multi-token scoring (no cached engine), and under ``accelerate
+        launch`` with several processes (each prepares its own share of the
+        prompts when asked for).  The results are those of
+        computing the prompts when asked for, up to float rounding.  ``n_options``:
+        the option rule to check the prompts with (e.g. the run's largest).
+        """
+        from .distributed import process_share
+
+        if self.scoring != "single_token" or not prompt_list or process_share()[1] > 1:
+            return 0
+        prompt_list = list(dict.fromkeys(prompt_list))
+        om, _ = self.option_model(n_options, "last_layer")  # any rule: the frozen prefix is the same for all
+        if self.prefix_cache_dir is None and self.prefix_cache_bytes is not None:
+            per_token = om.prefix_bytes_per_token()
+            lengths = [len(self.tokenizer(p)["input_ids"]) for p in prompt_list]
+            budget = self.prefix_cache_bytes // 2  # leave room for what the methods prepare besides
+            keep, used = [], 0
+            for p, n in zip(prompt_list, lengths):
+                if used + n * per_token > budget:
+                    break
+                keep.append(p)
+                used += n * per_token
+            prompt_list = keep
+        before = om.prefix_computed
+        om.prepare(prompt_list, progress=progress)
+        return om.prefix_computed - before
 
     def phase1_memo(self, key, compute):
         """Memoised Phase 1: ``compute()`` once per ``key``, then its stored result.
@@ -281,15 +335,17 @@ class AAE(_PromptedMethod):
             self._clf = None
             return self
         folds = int(min(5, np.bincount(y).max()))
-        from .statistical import _single_thread_blas
+        from .statistical import _single_thread_blas, cv_jobs
 
         import inspect
 
         # scikit-learn >= 1.8 warns unless the L2 penalty (l1_ratios=(0,)) and the new fitted attributes are explicit
         explicit = ({"l1_ratios": (0.0,), "use_legacy_attributes": False}
                     if "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters else {})
-        self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=max(2, min(folds, 5)), scoring="neg_log_loss",
-                                         max_iter=2000, random_state=self.seed, **explicit)
+        cv = max(2, min(folds, 5))
+        # the folds are fitted in parallel processes: the same result as one process, in less time
+        self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=cv, scoring="neg_log_loss", max_iter=2000,
+                                         random_state=self.seed, n_jobs=cv_jobs(cv), **explicit)
         with _single_thread_blas():
             self._clf.fit(x, y, sample_weight=w)
         return self
@@ -350,6 +406,9 @@ class FineTuned(_PromptedMethod):
     #: questions: a warm start, :mod:`dsalib.cross_question`); a state dict of the same option model.
     init_state: dict | None = field(default=None, repr=False)
     _state: dict | None = field(default=None, repr=False)
+    #: The fitted model's option distribution per (prompt, options), so that EB-X, which shrinks toward X,
+    #: reuses X's predictions instead of running them again; emptied by every fit.
+    _predicted: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         from .train import Phase1Config, Phase2Config
@@ -361,6 +420,7 @@ class FineTuned(_PromptedMethod):
         from .train import run_phase1, run_phase2
 
         self._fit_common(train)
+        self._predicted = {}
         om, initial = self.lm.option_model(train.n_options, self.strategy)
         start = initial if self.init_state is None else self.init_state
         om.load_state_dict(start)
@@ -452,26 +512,33 @@ class FineTuned(_PromptedMethod):
 
         Under ``accelerate launch`` each process prepares (frozen-prefix pass)
         and predicts only its share of the prompts, and every process gets
-        all rows (:func:`dsalib.distributed.gather_shards`).
+        all rows (:func:`dsalib.distributed.gather_shards`).  Each prompt is
+        predicted once per fit (memoised).
         """
         import torch
 
         from .distributed import gather_shards, process_share
 
-        om, initial = self.lm.option_model(self.train.n_options, self.strategy)
-        om.load_state_dict(self._state)
-        rank, world = process_share()
-        share = prompt_list[rank::world]
-        share_options = None if n_options is None else list(n_options)[rank::world]
-        try:
-            if share:
-                local = om.prepare(share, n_options=share_options).predict()
-            else:  # more processes than prompts
-                local = torch.zeros((0, self.train.n_options), device=om.device)
-            out = gather_shards(local, len(prompt_list)).double().cpu().numpy()
-        finally:
-            om.load_state_dict(initial)
-        return out / out.sum(axis=1, keepdims=True)
+        n_opts = [None] * len(prompt_list) if n_options is None else list(n_options)
+        keys = list(zip(prompt_list, n_opts))
+        todo = [k for k in dict.fromkeys(keys) if k not in self._predicted]
+        if todo:
+            om, initial = self.lm.option_model(self.train.n_options, self.strategy)
+            om.load_state_dict(self._state)
+            rank, world = process_share()
+            share = todo[rank::world]
+            share_options = None if n_options is None else [k[1] for k in share]
+            try:
+                if share:
+                    local = om.prepare([k[0] for k in share], n_options=share_options).predict()
+                else:  # more processes than prompts
+                    local = torch.zeros((0, self.train.n_options), device=om.device)
+                out = gather_shards(local, len(todo)).double().cpu().numpy()
+            finally:
+                om.load_state_dict(initial)
+            for k, row in zip(todo, out / out.sum(axis=1, keepdims=True)):
+                self._predicted[k] = row
+        return np.array([self._predicted[k] for k in keys]).reshape(len(keys), self.train.n_options)
 
 
 def _state_digest(state: dict | None) -> str:

@@ -45,6 +45,13 @@ def needs_model(name: str) -> bool:
     return name in LLM
 
 
+def prompt_template(name: str, template: str = "default") -> str | None:
+    """The prompt template method ``name`` reads its subgroups' prompts with (None: it reads no prompts)."""
+    if not needs_model(name):
+        return None
+    return "persona" if name == "PE" else template
+
+
 #: Methods that learn from the survey's other core questions too (the survey is loaded with all its questions).
 OTHER_QUESTIONS = ("Stacked-MNL", "XQ", "EB-XQ", "XQ-TKFT")
 

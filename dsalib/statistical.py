@@ -41,6 +41,7 @@ Common rules (recorded by :meth:`describe`):
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -60,6 +61,18 @@ def _single_thread_blas():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def cv_jobs(folds: int) -> int:
+    """Processes for cross-validation folds: one per CPU this process may use, at most one per fold.
+
+    The folds are independent, deterministic fits whose results are added in
+    fold order, so the result is the same for any number of processes."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(int(folds), cpus))
 
 
 def _logit_predict(method, keys, design) -> np.ndarray:
@@ -187,7 +200,6 @@ class MainEffectsLogit:
         return self
 
     def _cross_validate(self, train, X_sub, Cs, pseudo):
-        from sklearn.metrics import log_loss
         from sklearn.model_selection import KFold
 
         g, k = train.counts.shape
@@ -211,10 +223,34 @@ class MainEffectsLogit:
                 f"{n_units} training {self.cv_unit_} cannot be split into {self.cv} folds; "
                 "use fewer folds or a single C"
             )
-        folds = KFold(n_splits=self.cv, shuffle=True, random_state=self.seed)
+        folds = list(KFold(n_splits=self.cv, shuffle=True, random_state=self.seed).split(np.arange(n_units)))
+        units = (resp_sub, resp_opt, resp_w)
+        jobs = cv_jobs(len(folds))
+        if jobs > 1:
+            from joblib import Parallel, delayed
+
+            per_fold = Parallel(n_jobs=jobs)(delayed(self._fold_losses)(X_sub, units, tr, te, Cs, pseudo, g, k)
+                                             for tr, te in folds)
+        else:
+            per_fold = [self._fold_losses(X_sub, units, tr, te, Cs, pseudo, g, k) for tr, te in folds]
         loss = np.zeros(len(Cs))
         total_w = 0.0
-        for tr, te in folds.split(np.arange(n_units)):
+        for fold_loss, fold_w in per_fold:  # in fold order, as one process would add them
+            if fold_loss is not None:
+                loss += fold_loss
+                total_w += fold_w
+        if total_w <= 0:
+            raise DsaError("cross-validation failed: no fold had two or more options to fit")
+        scores = {C: float(l / total_w) for C, l in zip(Cs, loss)}
+        best = Cs[int(np.argmin(loss))]
+        return best, scores
+
+    def _fold_losses(self, X_sub, units, tr, te, Cs, pseudo, g, k):
+        """Held-out log-loss of each C on one fold (None when the fold's training part has one option)."""
+        from sklearn.metrics import log_loss
+
+        resp_sub, resp_opt, resp_w = units
+        with _single_thread_blas():
             fold_counts = np.zeros((g, k))
             np.add.at(fold_counts, (resp_sub[tr], resp_opt[tr]), resp_w[tr])
             present = fold_counts.sum(axis=1) > 0
@@ -225,23 +261,18 @@ class MainEffectsLogit:
             X_tr = X_sub[present][rr]
             X_te = X_sub[resp_sub[te]]
             if len(np.unique(oo)) < 2:
-                continue
+                return None, 0.0
+            loss = np.zeros(len(Cs))
             # walk the C path from strong to weak penalty, each fit starting from the last
             path = self._model(Cs[0], warm_start=True)
             for i in np.argsort(Cs):
-                C = Cs[i]
-                model = self._fit_cells(X_tr, oo, fc[rr, oo], C, model=path)
+                model = self._fit_cells(X_tr, oo, fc[rr, oo], Cs[i], model=path)
                 proba = _full_probs(model.predict_proba(X_te), model.classes_, k)
                 proba = np.clip(proba, 1e-12, None)
                 proba /= proba.sum(axis=1, keepdims=True)
-                loss[i] += log_loss(resp_opt[te], proba, sample_weight=resp_w[te], labels=np.arange(k),
-                                    normalize=False)
-            total_w += resp_w[te].sum()
-        if total_w <= 0:
-            raise DsaError("cross-validation failed: no fold had two or more options to fit")
-        scores = {C: float(l / total_w) for C, l in zip(Cs, loss)}
-        best = Cs[int(np.argmin(loss))]
-        return best, scores
+                loss[i] = log_loss(resp_opt[te], proba, sample_weight=resp_w[te], labels=np.arange(k),
+                                   normalize=False)
+            return loss, float(resp_w[te].sum())
 
     def predict(self, keys) -> np.ndarray:
         return _logit_predict(self, keys, lambda k: one_hot(k, self._n_levels))

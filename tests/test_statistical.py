@@ -191,6 +191,19 @@ def test_mnl_is_deterministic_and_reports_cv():
     assert a.describe()["C"] == a.C_
 
 
+def test_mnl_cross_validation_in_parallel_processes_equals_one_process(monkeypatch):
+    from dsalib import statistical
+
+    keys, p = true_dist(0, "mnl")
+    train = sample_table(keys, p, 200, 0)
+    monkeypatch.setattr(statistical, "cv_jobs", lambda folds: 1)
+    one = MainEffectsLogit(Cs=SMALL_GRID, seed=7).fit(train)
+    monkeypatch.setattr(statistical, "cv_jobs", lambda folds: 2)
+    two = MainEffectsLogit(Cs=SMALL_GRID, seed=7).fit(train)
+    assert one.cv_scores_ == two.cv_scores_ and one.C_ == two.C_  # the same floats, not just close
+    np.testing.assert_array_equal(one.predict(keys), two.predict(keys))
+
+
 def test_mnl_weighted_counts_cross_validate_cells():
     keys, p = true_dist(0, "mnl")
     train = sample_table(keys, p, 200, 0)
