@@ -5,8 +5,7 @@ subgroup starts with the same background block, and subgroups that agree on
 their first background answers share even more.  A causal model's hidden
 states at a position depend only on the tokens up to it, so a shared opening
 can be run once and its key-value cache reused for every prompt that starts
-with it (:meth:`dsalib.engine.OptionModel.prepare`).  On the ESS9 reference
-prompts this runs about half as many tokens through the model.
+with it (:meth:`dsalib.engine.OptionModel.prepare`).
 
 :func:`plan_prefix_tree` decides what to share.  It builds the radix tree of
 the prompts' token ids and keeps a node (one extra forward pass, batch 1) only
@@ -15,9 +14,9 @@ prompt keeps at least its last token out of any shared node, since the
 answer position's hidden state is read from the prompt's own pass.
 
 The plan only changes which tokens are computed together: in exact arithmetic
-the hidden states are the same; in floating point they differ at the level of
-batching with different neighbours (about 3e-8 relative, measured in
-``tests/test_prefix_tree.py``).
+the hidden states are the same; in floating point they differ by rounding, as
+they already do when a prompt is batched with different neighbours
+(``tests/test_prefix_tree.py``; the README gives the effect on the ESS9 results).
 """
 
 from __future__ import annotations
