@@ -62,8 +62,14 @@ def _common_length(seqs: Sequence[Sequence[int]], start: int) -> int:
     return k
 
 
-def _plan(rows: list, seqs: Mapping, depth: int, min_saving: int) -> tuple[list, list, int]:
+#: Deepest chain of shared openings the plan makes (each level is a recursion; deeper prompts become leaves).
+MAX_LEVELS = 64
+
+
+def _plan(rows: list, seqs: Mapping, depth: int, min_saving: int, level: int = 0) -> tuple[list, list, int]:
     """Leaves, child nodes and token positions saved for ``rows``, which share their first ``depth`` tokens."""
+    if level >= MAX_LEVELS:
+        return list(rows), [], 0
     by_next = defaultdict(list)
     for r in rows:
         by_next[seqs[r][depth]].append(r)
@@ -74,7 +80,7 @@ def _plan(rows: list, seqs: Mapping, depth: int, min_saving: int) -> tuple[list,
             # every prompt keeps at least its last token for its own pass
             end = min(_common_length(members, depth), min(len(s) for s in members) - 1)
             if end > depth:
-                sub_leaves, sub_children, sub_saved = _plan(group, seqs, end, min_saving)
+                sub_leaves, sub_children, sub_saved = _plan(group, seqs, end, min_saving, level + 1)
                 total = (end - depth) * (len(group) - 1) + sub_saved
                 if total >= min_saving:
                     node = PrefixNode(tuple(members[0][depth:end]), depth, sub_leaves, sub_children)

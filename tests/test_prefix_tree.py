@@ -56,6 +56,23 @@ def test_plan_shares_the_longest_openings():
     assert plan_cost(plan_prefix_tree(seqs, min_saving=1000), seqs) == sum(map(len, seqs.values()))
 
 
+def test_plan_depth_is_bounded():
+    from dsalib.prefix_tree import MAX_LEVELS
+
+    base = tuple(range(1000, 1400))
+    seqs = {i: base[:i] + (i,) for i in range(1, 400)}  # each prompt leaves the common text one token later
+    plan = plan_prefix_tree(seqs, min_saving=1)  # a chain of 400 openings would be 400 nested levels
+    assert len(list(plan.walk())) > 1
+    assert max(_level(plan)) <= MAX_LEVELS
+    assert sorted(r for n in plan.walk() for r in n.leaves) == sorted(seqs)
+
+
+def _level(node, level=0):
+    yield level
+    for child in node.children:
+        yield from _level(child, level + 1)
+
+
 def test_plan_rejects_bad_input():
     with pytest.raises(ValueError, match="no tokens"):
         plan_prefix_tree({0: ()})
