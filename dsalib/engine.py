@@ -79,6 +79,15 @@ from dsalib.prefix_tree import PrefixNode, plan_prefix_tree
 STRATEGIES = ("last_layer", "lora", "full")
 
 
+#: Option-probability tolerance of the shared-opening check when the prefix runs in half precision (bf16/fp16):
+#: the shared and the whole-prompt pass are two computations of the prefix, each rounded in that precision.
+SHARED_HALF_TOL = 5e-2
+
+
+class _SharingFailed(Exception):
+    """A shared-opening pass failed or disagreed with an unshared one; the engine falls back to the unshared pass."""
+
+
 class EngineError(DsaError):
     """The engine cannot run this model, rule or input."""
 
@@ -500,7 +509,7 @@ class OptionModel(nn.Module):
             raise EngineError(f"share_min_tokens must be a positive integer, got {share_min_tokens!r}")
         self.share_prefix = bool(share_prefix)
         self.share_min_tokens = share_min_tokens
-        self._sharing_checked = False
+        self._sharing_checked: set[int] = set()  # depths of the sharing plan checked against an unshared pass
         self.prefix_shared_passes = 0  # batch-1 passes over shared openings (see dsalib.prefix_tree)
         self._ids: list[list[int]] = []
         self._row_options: np.ndarray | None = None  # options of each prepared prompt (None: all of the rule's)
@@ -646,6 +655,14 @@ class OptionModel(nn.Module):
         bar = tqdm(total=len(rows), desc="prefix cache", disable=not progress)
         try:
             self._run_prefix_node(plan, None, got, collect, bar)
+        except _SharingFailed as err:  # the unshared pass is the reference: use it for this model from now on
+            warnings.warn(f"{err}; computing the frozen prefix prompt by prompt instead (share_prefix=False)",
+                          stacklevel=2)
+            self.share_prefix = False
+            got.clear()
+            bar.reset()
+            nodes = [plan]
+            self._run_prefix_node(PrefixNode((), 0, rows, []), None, got, collect, bar)
         finally:
             bar.close()
         self.prefix_seconds += time.perf_counter() - start
@@ -670,7 +687,18 @@ class OptionModel(nn.Module):
             handle.remove()
         return captured["h"].to(self.device, self.prefix_dtype), out
 
-    def _run_prefix_node(self, node: PrefixNode, parent, got: dict, collect: bool, bar) -> None:
+    def _shared_pass(self, *args, **kwargs):
+        """:meth:`_prefix_pass` on a shared opening's key-value cache; a failure there (a cache or mask this
+        transformers version or model does not support) becomes :class:`_SharingFailed`, not an answer."""
+        try:
+            return self._prefix_pass(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, NotImplementedError) as err:
+            raise _SharingFailed(f"running a prompt on its shared opening's key-value cache failed "
+                                 f"({type(err).__name__}: {err})") from err
+
+    def _run_prefix_node(self, node: PrefixNode, parent, got: dict, collect: bool, bar, level: int = 0) -> None:
         """Compute ``node``'s shared opening on top of ``parent`` = (key-value cache, last-block inputs of
         the path so far), then its leaves in batches, then its children (depth first)."""
         dev = self._input_device
@@ -680,7 +708,7 @@ class OptionModel(nn.Module):
             ids = torch.tensor([node.tokens], dtype=torch.long, device=dev)
             cache = copy.deepcopy(parent[0]) if parent is not None else None  # siblings reuse the parent's
             positions = torch.arange(depth, node.end, device=dev)[None]
-            h, out = self._prefix_pass(ids, torch.ones((1, node.end), dtype=torch.long, device=dev),
+            h, out = self._shared_pass(ids, torch.ones((1, node.end), dtype=torch.long, device=dev),
                                        positions, cache, use_cache=True)
             path = (out.past_key_values, h[0] if parent is None else torch.cat([parent[1], h[0]]))
             del out
@@ -706,15 +734,18 @@ class OptionModel(nn.Module):
                     mask[r, end : end + len(t)] = 1
                 cache = copy.deepcopy(path[0])
                 if len(rest) > 1:
+                    if not hasattr(cache, "batch_repeat_interleave"):
+                        raise _SharingFailed(f"this transformers version's {type(cache).__name__} cannot be "
+                                             "repeated over a batch")
                     cache.batch_repeat_interleave(len(rest))
                 positions = torch.arange(end, end + n, device=dev)[None].expand(len(rest), n)
-                h, out = self._prefix_pass(input_ids.to(dev), mask.to(dev), positions, cache)
+                h, out = self._shared_pass(input_ids.to(dev), mask.to(dev), positions, cache)
                 last = torch.tensor([len(t) - 1 for t in rest], device=out.last_hidden_state.device)
                 answer = out.last_hidden_state[torch.arange(len(rest), device=last.device), last]
                 entries = [torch.cat([path[1], h[r, : len(t)]]) for r, t in enumerate(rest)]
             reference = self._head_log_probs(answer.to(self.device), chunk)
             del out, h
-            self._check_prefix_entries(entries, chunk, reference, shared=path is not None)
+            self._check_prefix_entries(entries, chunk, reference, shared_level=level if path is not None else None)
             for row, seq, entry in zip(chunk, seqs, entries):
                 self._lru.put(tuple(seq), entry)
                 if self.cache_dir is not None:
@@ -723,25 +754,26 @@ class OptionModel(nn.Module):
                     got[row] = entry
             bar.update(len(chunk))
         for child in node.children:
-            self._run_prefix_node(child, path, got, collect, bar)
+            self._run_prefix_node(child, path, got, collect, bar, level + 1)
 
-    def _check_prefix_entries(self, entries, rows, reference, shared: bool) -> None:
-        """The first time an opening is shared, the shared pass must reproduce an unshared forward pass of one
-        prompt; and the cached last-layer path must reproduce the model's own forward pass."""
-        if shared and not self._sharing_checked:
+    def _check_prefix_entries(self, entries, rows, reference, shared_level: int | None) -> None:
+        """The first shared batch at each depth of the sharing plan must reproduce an unshared forward pass
+        of one prompt (else :class:`_SharingFailed`); every batch's cached last-layer path must reproduce
+        the model's own forward pass (else :class:`EngineError`)."""
+        if shared_level is not None and shared_level not in self._sharing_checked:
             seq = self._ids[rows[0]]
             input_ids, mask = pad_left([seq], pad_token_id(self.tokenizer), self._input_device)
             _, out = self._prefix_pass(input_ids, mask, position_ids_from_mask(mask))
             plain = self._head_log_probs(out.last_hidden_state[:, -1].to(self.device), rows[:1])
             diff = float((plain.exp() - reference[:1].exp()).abs().max())
-            if diff > self.verify_tol:
-                raise EngineError(
+            # two different computations of the whole prefix: in half precision they differ by its rounding
+            tol = self.verify_tol if self.prefix_dtype == torch.float32 else max(self.verify_tol, SHARED_HALF_TOL)
+            if diff > tol:
+                raise _SharingFailed(
                     f"running a prompt on its shared opening's key-value cache disagrees with running it whole "
-                    f"by {diff:.2e} in option probability (tolerance {self.verify_tol:.0e}) for "
-                    f"{type(self.base_model).__name__}; use OptionModel(..., share_prefix=False) and report "
-                    f"this model"
-                )
-            self._sharing_checked = True
+                    f"by {diff:.2e} in option probability (tolerance {tol:.0e}) for "
+                    f"{type(self.base_model).__name__}")
+            self._sharing_checked.add(shared_level)
         block = self.decoder.layers[-1]
         cached = self._cached_log_probs(entries, rows)
         diff = float((cached.exp() - reference.exp()).abs().max())

@@ -255,7 +255,7 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
 
         lm = LanguageModel.from_config(cfg)
     if llm_units:
-        warm_prefix(lm, survey, attrs, llm_units, order, cfg.template, progress)
+        warm_prefix(lm, survey, attrs, llm_units, order, cfg.template, cfg.strategy, progress)
     for q, seed, train, truths in units:
         def fit(name, fitted, seed=seed, train=train):
             prior = fitted[name.removeprefix("EB-")].method if name.startswith("EB-") and \
@@ -285,25 +285,31 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
     return rows_of(cfg, pd.concat(frames, ignore_index=True), questions)
 
 
-def warm_prefix(lm, survey, attrs, units, names, template: str, progress=print) -> int:
-    """Compute, in one pass, the frozen prefix of every prompt that the LLM methods ``names`` will read for
-    ``units`` ((question, seed, training table, truths)): each subgroup of a training table or a truth, in
-    each template those methods use.  Prompts of one subgroup share its background block across questions
-    and templates, and one pass computes each shared opening once (:meth:`LanguageModel.warm_prefix`).
-    Returns the number of prompts computed (0 when every prompt was cached already)."""
-    # which subgroups each template is read for: the zero-shot methods read the truths' subgroups only
-    reads_train = {}
-    for m in names:
-        tpl = methods.prompt_template(m, template)
-        if tpl is not None:
-            reads_train[tpl] = reads_train.get(tpl, False) or m not in ("Direct", "PE")
-    prompt_list, most = [], 2
+def warm_prefix(lm, survey, attrs, units, names, template: str, strategy: str = "last_layer",
+                progress=print) -> int:
+    """Compute, in one pass, the frozen prefix of every prompt that the methods ``names`` still have to read
+    for ``units`` ((question, seed, training table, truths)), as :func:`dsalib.methods.prompt_reads` says.
+
+    Prompts of one subgroup share its background block across questions and templates, and one pass
+    computes each shared opening once (:meth:`LanguageModel.warm_prefix`).  A method counts for a unit when
+    some truth still lacks its result, or when it is the prior of a pending ``EB-`` method.  Returns the
+    number of prompts computed (0 when every prompt was cached already)."""
+    wanted: dict = {}  # (question, template) -> list of key arrays
+    most = 2
     for q, _, train, truths in units:
-        truth_keys = [t.table.keys for t in truths]
-        most = max(most, train.n_options)
-        for tpl, with_train in reads_train.items():
-            keys = np.unique(np.concatenate(truth_keys + ([train.keys] if with_train else [])), axis=0)
-            prompt_list += lm.build_prompts(survey, q, keys, attrs, tpl)
+        pending = [m for m in names if any(t.pending(m) for t in truths)]
+        pending += [m.removeprefix("EB-") for m in pending if m.startswith("EB-")]
+        for m in dict.fromkeys(pending):
+            reads = methods.prompt_reads(m, template, strategy)
+            if reads is None:
+                continue
+            tpl, with_train = reads
+            keys = wanted.setdefault((q, tpl), [])
+            keys += [t.table.keys for t in truths] + ([train.keys] if with_train else [])
+            most = max(most, train.n_options)
+    prompt_list = []
+    for (q, tpl), keys in wanted.items():
+        prompt_list += lm.build_prompts(survey, q, np.unique(np.concatenate(keys), axis=0), attrs, tpl)
     if not prompt_list:
         return 0
     computed = lm.warm_prefix(prompt_list, most, progress=progress is not None)

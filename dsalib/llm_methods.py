@@ -51,7 +51,8 @@ class LanguageModel:
     scoring: str = "single_token"
     batch_size: int = 16
     prefix_cache_dir: str | None = None
-    #: Byte budget of each option model's in-memory prefix cache (None: unbounded; see dsalib.engine.PrefixCache).
+    #: Byte budget of the in-memory prefix cache that this model's ``last_layer`` option models share (None:
+    #: unbounded; see dsalib.engine.PrefixCache); :meth:`warm_prefix` fills at most half of it without a cache_dir.
     prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES
     #: Prompts per frozen-prefix pass (default batch_size).
     prefix_batch_size: int | None = None
@@ -346,7 +347,10 @@ class AAE(_PromptedMethod):
         # the folds are fitted in parallel processes: the same result as one process, in less time
         self._clf = LogisticRegressionCV(Cs=list(self.Cs), cv=cv, scoring="neg_log_loss", max_iter=2000,
                                          random_state=self.seed, n_jobs=cv_jobs(cv), **explicit)
-        with _single_thread_blas():
+        from joblib import parallel_config
+
+        # one BLAS thread in each fold's process too, as in this one (the folds' fits do not depend on n_jobs)
+        with _single_thread_blas(), parallel_config(backend="loky", inner_max_num_threads=1):
             self._clf.fit(x, y, sample_weight=w)
         return self
 

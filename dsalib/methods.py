@@ -45,11 +45,22 @@ def needs_model(name: str) -> bool:
     return name in LLM
 
 
-def prompt_template(name: str, template: str = "default") -> str | None:
-    """The prompt template method ``name`` reads its subgroups' prompts with (None: it reads no prompts)."""
+def prompt_reads(name: str, template: str = "default", strategy: str = "last_layer") -> tuple[str, bool] | None:
+    """What method ``name`` reads through the cached ``last_layer`` engine's frozen-prefix cache, for its own
+    question: ``(template, reads_training_subgroups)``, or None when it reads nothing from that cache.
+
+    Every method reads the truths' subgroups.  The zero-shot methods (Direct, PE) read nothing else; AAE and
+    the fine-tuned methods also read the training subgroups (to fit; EB-X's prior X predicts them to choose
+    α).  XQ trains on the other questions and only predicts this one.  The fine-tuned methods read the cache
+    only with the ``last_layer`` strategy; the zero-shot methods and AAE always do."""
     if not needs_model(name):
         return None
-    return "persona" if name == "PE" else template
+    tpl = "persona" if name == "PE" else template
+    if name in ("Direct", "PE", "AAE"):
+        return tpl, name == "AAE"
+    if strategy != "last_layer":
+        return None
+    return tpl, name != "XQ"
 
 
 #: Methods that learn from the survey's other core questions too (the survey is loaded with all its questions).
