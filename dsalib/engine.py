@@ -687,6 +687,12 @@ class OptionModel(nn.Module):
             handle.remove()
         return captured["h"].to(self.device, self.prefix_dtype), out
 
+    def _whole_prompt_pass(self, seqs):
+        """Prompts ``seqs`` run whole, left-padded: (last block's inputs, final hidden state at the answer slot)."""
+        input_ids, mask = pad_left(seqs, pad_token_id(self.tokenizer), self._input_device)
+        h, out = self._prefix_pass(input_ids, mask, position_ids_from_mask(mask))
+        return h, out.last_hidden_state[:, -1]
+
     def _shared_pass(self, *args, **kwargs):
         """:meth:`_prefix_pass` on a shared opening's key-value cache; a failure there (a cache or mask this
         transformers version or model does not support) becomes :class:`_SharingFailed`, not an answer."""
@@ -718,9 +724,7 @@ class OptionModel(nn.Module):
             chunk = leaves[s : s + size]
             seqs = [self._ids[i] for i in chunk]
             if path is None:  # from scratch: left-padded, the answer slot in the last column
-                input_ids, mask = pad_left(seqs, pad_token_id(self.tokenizer), dev)
-                h, out = self._prefix_pass(input_ids, mask, position_ids_from_mask(mask))
-                answer = out.last_hidden_state[:, -1]
+                h, answer = self._whole_prompt_pass(seqs)
                 entries = [h[r, -len(seq):].clone() for r, seq in enumerate(seqs)]
             else:  # on the shared opening: the rest of each prompt, right-padded after the opening
                 end = node.end
@@ -744,7 +748,7 @@ class OptionModel(nn.Module):
                 answer = out.last_hidden_state[torch.arange(len(rest), device=last.device), last]
                 entries = [torch.cat([path[1], h[r, : len(t)]]) for r, t in enumerate(rest)]
             reference = self._head_log_probs(answer.to(self.device), chunk)
-            del out, h
+            h = out = None  # free the batch before the check
             self._check_prefix_entries(entries, chunk, reference, shared_level=level if path is not None else None)
             for row, seq, entry in zip(chunk, seqs, entries):
                 self._lru.put(tuple(seq), entry)
@@ -762,9 +766,8 @@ class OptionModel(nn.Module):
         the model's own forward pass (else :class:`EngineError`)."""
         if shared_level is not None and shared_level not in self._sharing_checked:
             seq = self._ids[rows[0]]
-            input_ids, mask = pad_left([seq], pad_token_id(self.tokenizer), self._input_device)
-            _, out = self._prefix_pass(input_ids, mask, position_ids_from_mask(mask))
-            plain = self._head_log_probs(out.last_hidden_state[:, -1].to(self.device), rows[:1])
+            _, answer = self._whole_prompt_pass([seq])
+            plain = self._head_log_probs(answer.to(self.device), rows[:1])
             diff = float((plain.exp() - reference[:1].exp()).abs().max())
             # two different computations of the whole prefix: in half precision they differ by its rounding
             tol = self.verify_tol if self.prefix_dtype == torch.float32 else max(self.verify_tol, SHARED_HALF_TOL)
