@@ -14,6 +14,10 @@ Who uses what:
   :func:`gather_shards`.
 - :mod:`dsalib.results` writes only on the main process and makes every
   process agree on which results are pending (:func:`agreed`).
+- Under an FSDP config (:func:`fsdp_launched`) the ``lora``/``full``
+  :class:`dsalib.engine.OptionModel` shards its model over the processes;
+  every forward pass is then collective, and the engine keeps the processes
+  in step with :func:`largest`.
 
 Collective calls (:func:`agreed`, :func:`gather_shards`) must be made by every
 process, in the same order.
@@ -48,6 +52,29 @@ def process_share() -> tuple[int, int]:
 def is_main_process() -> bool:
     """Whether this process is the main one (always, in a plain process)."""
     return process_share()[0] == 0
+
+
+def fsdp_launched() -> bool:
+    """Whether ``accelerate launch`` started this process with an FSDP config, with more than one process.
+
+    accelerate's launcher sets ``ACCELERATE_USE_FSDP=true`` for ``distributed_type: FSDP`` (or
+    ``--use_fsdp``), on GPUs and on CPUs alike.
+    """
+    flag = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
+    return flag and process_share()[1] > 1
+
+
+def largest(value: int) -> int:
+    """The largest of the processes' ``value`` (whole numbers), on every process (``value`` in a plain process).
+    Collective."""
+    if process_share()[1] == 1:
+        return int(value)
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([int(value)], dtype=torch.int64, device=state().device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def agreed(value):

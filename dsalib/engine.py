@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsalib.distributed import agreed, gather_shards, process_share
+from dsalib.distributed import agreed, fsdp_launched, gather_shards, largest, process_share
 from dsalib.errors import DsaError
 from dsalib.lm import (
     NonFiniteLogitsError,
@@ -420,7 +420,7 @@ class OptionModel(nn.Module):
                  cache_dir: str | os.PathLike | None = None,
                  prefix_cache_bytes: int | None = DEFAULT_PREFIX_CACHE_BYTES, seed: int = 0,
                  verify_tol: float | None = None, share_prefix: bool = True, share_min_tokens: int = 128,
-                 prefix_cache: PrefixCache | None = None):
+                 prefix_cache: PrefixCache | None = None, fsdp: bool | None = None):
         super().__init__()
         if strategy not in STRATEGIES:
             raise EngineError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
@@ -502,6 +502,14 @@ class OptionModel(nn.Module):
                     f"max_memory, no CPU/disk offload); a model whose training state does not fit the GPUs needs "
                     f"FSDP (configs/accelerate/fsdp.yaml, see the README)"
                 )
+        # None: shard lora/full under an FSDP launch (last_layer keeps its whole model: its prefix pass needs it)
+        self.fsdp = (fsdp_launched() and strategy != "last_layer") if fsdp is None else bool(fsdp)
+        if self.fsdp:
+            if strategy == "last_layer":
+                raise EngineError("FSDP shards the lora and full strategies only; last_layer trains one block from the "
+                                  "cached prefix and needs no sharding: launch it with configs/accelerate/multi_gpu.yaml")
+            _shard_for_training(model, self.base_model.get_decoder())
+        if strategy != "last_layer":
             self._train_device = model_device(model)
         self._input_device = model_device(self.base_model)
         self.verify_tol = verify_tol if verify_tol is not None else 1e-4
@@ -559,6 +567,7 @@ class OptionModel(nn.Module):
             "trainable_dtype": "float32",
             "autocast_dtype": None if self._autocast_dtype is None else str(self._autocast_dtype).replace("torch.", ""),
             "prefix_cache_budget_bytes": self._lru.budget_bytes,
+            **({"fsdp_processes": process_share()[1]} if self.fsdp else {}),
             "lora": None if self.lora_config is None else {
                 "r": self.lora_config.r, "alpha": self.lora_config.lora_alpha,
                 "dropout": self.lora_config.lora_dropout, "targets": sorted(self.lora_config.target_modules)},
@@ -930,10 +939,30 @@ class OptionModel(nn.Module):
         """:meth:`forward`, with or without autograd; without, in batches of ``batch_size``."""
         if grad:
             return self(idx)
-        rows = self._index(idx)
         with torch.no_grad():
-            parts = [self(rows[s : s + self.batch_size]) for s in range(0, len(rows), self.batch_size)]
+            return self._batched(self._index(idx), self.batch_size)
+
+    def _batched(self, rows: list[int], size: int) -> torch.Tensor:
+        """Log option probabilities of ``rows``, ``size`` prompts per forward pass.
+
+        Under FSDP every forward pass gathers the sharded weights from all
+        processes, so every process must run as many passes as the busiest
+        one: a process with fewer batches runs extra passes on prompt 0 and
+        drops them.
+        """
+        chunks = [rows[s : s + size] for s in range(0, len(rows), size)]
+        parts = [self(c) for c in chunks]
+        if self.fsdp:
+            for _ in range(largest(len(chunks)) - len(chunks)):
+                self._idle_forward()
         return torch.cat(parts) if parts else torch.zeros((0, self.rule.n_options), device=self.device)
+
+    def _idle_forward(self) -> None:
+        """One forward pass whose result is dropped: joins the other processes' FSDP collectives."""
+        if not self._ids:
+            raise EngineError("under FSDP every process needs at least one prepared prompt; call prepare(prompts) "
+                              "on every process before predicting")
+        self([0])
 
     def probs(self, idx, grad: bool = True) -> torch.Tensor:
         """Option probabilities (B, K) of prepared prompts ``idx``."""
@@ -943,9 +972,7 @@ class OptionModel(nn.Module):
     def predict(self, idx=None, batch_size: int | None = None) -> torch.Tensor:
         """Option probabilities of prepared prompts (all by default), batched, no autograd."""
         rows = self._index(range(self.n_prompts) if idx is None else idx)
-        size = batch_size or self.batch_size
-        parts = [self(rows[s : s + size]).exp() for s in range(0, len(rows), size)]
-        return torch.cat(parts) if parts else torch.zeros((0, self.rule.n_options))
+        return self._batched(rows, batch_size or self.batch_size).exp()
 
     # ------------------------------------------------------------------ export
 
@@ -977,6 +1004,44 @@ class OptionModel(nn.Module):
         if self.head.bias is not None:
             lm_head.bias[ids] = self.head.bias.to(lm_head.bias)
         return model
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes")
+
+
+def _shard_for_training(model: nn.Module, decoder: nn.Module) -> None:
+    """Shard ``model`` over the launched processes with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    Each decoder block is one unit (its weights are gathered for its forward
+    and backward pass, then freed), and the rest (embeddings, final norm,
+    output layer) is the root unit.  The parameters stay in the dtype the
+    engine gave them (fp32 master weights), so the gathers move fp32; half
+    precision is the engine's autocast.  Settings read from accelerate's
+    launch environment: ``fsdp_reshard_after_forward`` (default true).
+    ``fsdp_offload_params`` is refused.  The model is moved to this process's
+    accelerator device shard by shard, so it may be loaded on the CPU.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from dsalib.distributed import state
+
+    if _env_flag("FSDP_OFFLOAD_PARAMS", False):
+        raise EngineError("fsdp_offload_params is not supported by the engine; set it to false in the accelerate "
+                          "config (configs/accelerate/fsdp.yaml)")
+    placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(placed) > 1:
+        raise EngineError(f"FSDP shards the model over the processes, but it was loaded with a device_map over "
+                          f"{sorted(placed)}; load it on one device (no device_map) under an FSDP launch")
+    if not (hasattr(decoder, "layers") and len(decoder.layers)):
+        raise EngineError(f"FSDP wraps each decoder block; {type(decoder).__name__} has no .layers")
+    reshard = _env_flag("FSDP_RESHARD_AFTER_FORWARD", True)
+    mesh = init_device_mesh(state().device.type, (process_share()[1],))
+    for layer in decoder.layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
 
 
 def _row_options(n_options, n_prompts: int, most: int) -> np.ndarray | None:
@@ -1045,7 +1110,7 @@ def predict_rows(option_model, idx) -> torch.Tensor:
     rows = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
     rank, world = process_share()
     share = rows[rank::world]
-    local = (option_model.predict(share) if share
+    local = (option_model.predict(share) if share or option_model.fsdp  # FSDP: an idle process joins the passes
              else torch.zeros((0, option_model.rule.n_options), device=option_model.device))
     return gather_shards(local, len(rows))
 
@@ -1102,12 +1167,13 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     dev = option_model.device
     acc = accelerator or Accelerator(cpu=dev.type == "cpu")
     sharded = str(getattr(acc, "distributed_type", "")).rsplit(".", 1)[-1]
-    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+    if sharded in ("FSDP", "DEEPSPEED", "MEGATRON_LM") and not (sharded == "FSDP" and option_model.fsdp):
         raise EngineError(
-            f"train_loop is data-parallel only: under an accelerate config with distributed_type {sharded} every "
-            "process would still hold the whole model (nothing is sharded). Launch with "
-            "configs/accelerate/multi_gpu.yaml when the training state fits one GPU, or shard one process's model "
-            "over its GPUs with LanguageModel.load(..., device_map='auto') (README, 'Running at the paper's scale')"
+            f"under an accelerate config with distributed_type {sharded} this option model is not sharded, so every "
+            "process would still hold the whole model. FSDP shards the lora and full strategies (their OptionModel "
+            "shards itself under an FSDP launch); DeepSpeed is not supported. Launch last_layer with "
+            "configs/accelerate/multi_gpu.yaml, or shard one process's model over its GPUs with "
+            "LanguageModel.load(..., device_map='auto') (README, 'Running at the paper's scale')"
         )
     if acc.device.type != dev.type:
         raise EngineError(
@@ -1149,8 +1215,7 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
                    disable=(None if progress is None else False) if show else True, leave=False)
         losses = []
         for items in bar:
-            items = list(items)
-            loss = _step(option_model, loss_fn, items[rank::world], params, optimizer, acc, max_grad_norm)
+            loss = _step(option_model, loss_fn, list(items), rank, world, params, optimizer, acc, max_grad_norm)
             if not torch.isfinite(torch.tensor(loss)):
                 raise NonFiniteLogitsError(
                     f"the loss became {loss} at epoch {epoch + 1}, step {len(losses) + 1}; lower the learning rate"
@@ -1170,19 +1235,33 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     return result
 
 
-def _step(option_model, loss_fn, items, params, optimizer, acc, max_grad_norm) -> float:
-    """One optimiser step on this process's items; returns the loss over all processes."""
+def _step(option_model, loss_fn, batch, rank, world, params, optimizer, acc, max_grad_norm) -> float:
+    """One optimiser step on this process's items of ``batch``; returns the loss over all processes.
+
+    Data parallel: the processes' gradients are summed here.  FSDP (a sharded
+    ``lora``/``full`` model): FSDP's reduce-scatter averages the gradients, so
+    each process's loss is scaled by the number of processes to make the sum;
+    a process without items runs the loss of the batch's first item times 0,
+    so that it joins every collective forward and backward pass.
+    """
     optimizer.zero_grad(set_to_none=True)
-    if items:
-        loss = loss_fn(option_model, items)
+    items = batch[rank::world]
+    fsdp = getattr(option_model, "fsdp", False)
+    if items or fsdp:
+        loss = loss_fn(option_model, items or batch[:1])
         if not torch.is_tensor(loss) or loss.dim() != 0:
             raise EngineError(f"loss_fn must return a scalar tensor, got {getattr(loss, 'shape', type(loss).__name__)}")
-        loss.backward()
+        if not items:
+            loss = loss * 0.0
+        (loss * world if fsdp else loss).backward()
         value = loss.detach().float().reshape(1)
     else:  # more processes than items: contribute nothing, but take part in the sum
         value = torch.zeros(1, device=params[0].device)
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if acc.num_processes > 1:
+    if fsdp:
+        if world > 1:
+            value = acc.reduce(value.to(acc.device), reduction="sum")
+    elif world > 1:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads] + [value.to(grads[0].device)])
         flat = acc.reduce(flat, reduction="sum")
         offset = 0
@@ -1191,8 +1270,9 @@ def _step(option_model, loss_fn, items, params, optimizer, acc, max_grad_norm) -
             offset += g.numel()
         value = flat[-1:]
     else:
-        for p, g in zip(params, grads):
-            p.grad = g
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()

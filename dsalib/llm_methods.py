@@ -535,6 +535,8 @@ class FineTuned(_PromptedMethod):
             try:
                 if share:
                     local = om.prepare([k[0] for k in share], n_options=share_options).predict()
+                elif om.fsdp:  # more processes than prompts: join the sharded model's passes
+                    local = om.predict([])
                 else:  # more processes than prompts
                     local = torch.zeros((0, self.train.n_options), device=om.device)
                 out = gather_shards(local, len(todo)).double().cpu().numpy()
@@ -552,7 +554,9 @@ def _state_digest(state: dict | None) -> str:
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())
-        h.update(state[k].detach().float().cpu().numpy().tobytes())
+        t = state[k].detach()
+        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP: this process's shard (a local memo key)
+        h.update(t.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -50,6 +50,42 @@ def test_two_process_data_parallel_training_matches_one_process(tmp_path):
         assert float((diff > 1e-4).float().mean()) < 5e-3, name
 
 
+def test_fsdp_shards_the_full_model_and_trains_as_one_process(tmp_path):
+    """FSDP2 over 2 CPU processes: each holds half of the weights, and training and prediction equal one process.
+
+    The last batch has one item (one process idle) and the processes predict in 3 and 2 batches: FSDP's
+    collective passes must stay in step for both."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+               ACCELERATE_CONFIG_FILE=str(tmp_path / "no-config.yaml"),
+               PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0", str(HERE / "accelerate_train_script.py"), str(tmp_path / "fsdp"), "full"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / "fsdp" / f"rank{r}.pt") for r in (0, 1)]
+    assert [r["fsdp"] for r in ranks] == [True, True]
+    # sharded: each process holds half of the model's elements (a replicated model would hold all of them)
+    total = ranks[0]["elements"]
+    assert [r["local_elements"] for r in ranks] == [total // 2, total - total // 2], (total, ranks[0]["local_elements"])
+    torch.testing.assert_close(ranks[0]["probs"], ranks[1]["probs"], atol=0, rtol=0)
+    assert ranks[0]["result"]["step_loss"] == ranks[1]["result"]["step_loss"]
+
+    sys.path.insert(0, str(HERE))
+    import accelerate_train_script
+
+    single = accelerate_train_script.run(tmp_path / "single", "full")
+    assert single["world"] == 1 and not single["fsdp"] and single["elements"] == total
+    torch.testing.assert_close(single["probs"], ranks[0]["probs"], atol=1e-4, rtol=0)
+    np_single = torch.tensor(single["result"]["epoch_loss"])
+    torch.testing.assert_close(torch.tensor(ranks[0]["result"]["epoch_loss"]), np_single, atol=1e-4, rtol=0)
+    assert np_single[-1] < 0.6 * np_single[0]
+    for name, value in single["params"].items():  # loosely, as in the data-parallel test above (AdamW near 0)
+        diff = (value - ranks[0]["params"][name]).abs()
+        assert float(diff.max()) < 5e-3, name
+        assert float((diff > 1e-4).float().mean()) < 5e-3, name
+
+
 CHECK = HERE.parent / "benchmarks" / "accelerate_check.py"
 
 
@@ -70,6 +106,16 @@ def test_two_processes_fit_tkft_and_dsa_once_and_match_one_process(tmp_path):
     assert out["records"] == 3 and out["writes_per_process"] == [3, 0], out
     assert out["duplicate_fits"] == 0, out
     # both processes took part in the same training runs as the single process ran
+    assert out["train_loop_runs"][0] == out["train_loop_runs"][1] == out["single_process_train_loop_runs"] >= 3, out
+
+
+def test_fsdp_lora_fits_tkft_and_dsa_once_and_matches_one_process(tmp_path):
+    """The Enhancement driver with strategy lora under FSDP2: validation passes, Phase 2's two passes per step and
+    the sharded predictions stay in step, and the stored predictions equal one process."""
+    out = _check_module().measure(tmp_path, strategy="lora", fsdp=True)
+    assert out["fsdp_processes"] == 2, out
+    assert out["accelerate_2proc_max_abs_diff"] < 1e-4, out
+    assert out["records"] == 3 and out["writes_per_process"] == [3, 0] and out["duplicate_fits"] == 0, out
     assert out["train_loop_runs"][0] == out["train_loop_runs"][1] == out["single_process_train_loop_runs"] >= 3, out
 
 

@@ -68,13 +68,34 @@ def test_bad_arguments_are_reported(om):
         train_loop(om, BATCHES, lambda m, items: 1.0, progress=False)
 
 
-def test_a_sharding_accelerate_config_is_refused_not_silently_replicated(om):
-    """Under FSDP/DeepSpeed configs the loop would still hold the whole model per process: a clear error."""
+def test_a_sharding_accelerate_config_is_refused_for_an_unsharded_model(om):
+    """Under FSDP/DeepSpeed configs an unsharded option model would be replicated per process: a clear error."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
 
+    assert not om.fsdp  # a last_layer model in a plain process
     for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         fake = SimpleNamespace(distributed_type=kind, device=torch.device("cpu"), num_processes=1)
-        with pytest.raises(EngineError, match="data-parallel only.*multi_gpu.yaml.*device_map"):
+        with pytest.raises(EngineError, match="not sharded.*FSDP shards the lora and full.*multi_gpu.yaml"):
             train_loop(om, BATCHES, kl_loss, progress=False, accelerator=fake)
+
+
+def test_fsdp_settings_the_engine_cannot_honour_are_refused_before_sharding(monkeypatch):
+    model, tok = build_tiny_model(seed=0)
+    with pytest.raises(EngineError, match="FSDP shards the lora and full strategies only.*multi_gpu.yaml"):
+        OptionModel(model, tok, OptionRule.letters(5), fsdp=True)
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(EngineError, match="fsdp_offload_params is not supported"):
+        OptionModel(model, tok, OptionRule.letters(5), strategy="full", fsdp=True)
+    monkeypatch.delenv("FSDP_OFFLOAD_PARAMS")
+    model.hf_device_map = {"model.embed_tokens": "cpu", "model.layers": 0}
+    with pytest.raises(EngineError, match="loaded with a device_map over"):
+        OptionModel(model, tok, OptionRule.letters(5), strategy="full", fsdp=True)
+
+
+def test_outside_an_fsdp_launch_nothing_is_sharded(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # the flag alone, in a plain process: one process, no FSDP
+    model, tok = build_tiny_model(seed=0)
+    om = OptionModel(model, tok, OptionRule.letters(5), strategy="full")
+    assert not om.fsdp and "fsdp_processes" not in om.describe()
