@@ -45,6 +45,11 @@ ap.add_argument("--min-pair-size", type=int, default=10)
 ap.add_argument("--store", default=None, help="result folder for a single mode")
 ap.add_argument("--store-root", default=DEFAULT_STORE_ROOT, help="root of the shared stores (used without --store)")
 ap.add_argument("--prefix-cache", default=None, help="folder for the on-disk frozen-prefix cache")
+ap.add_argument("--strategy", default="last_layer", choices=["last_layer", "lora", "full"],
+                help="what TKFT/DSA train (lora/full are sharded by FSDP under an FSDP accelerate launch)")
+ap.add_argument("--device", default=None, help="where the model is loaded (default: this process's GPU, else cpu)")
+ap.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                help="the model's dtype (default: bfloat16 on a GPU, float32 on the CPU)")
 args = ap.parse_args()
 
 if args.store and len(args.modes) > 1:
@@ -57,7 +62,7 @@ try:
                             model=args.model, data_dir=args.data_dir, source=args.source,
                             weighted_truth=args.weighted_truth,
                             phase1={"weighting": args.weighting, "lr": args.lr},
-                            phase2={"lr": args.lr, "min_pair_size": args.min_pair_size})
+                            phase2={"lr": args.lr, "min_pair_size": args.min_pair_size}, strategy=args.strategy)
     # load (and check) the data before a model is loaded: a bad spec or file fails in seconds
     survey = surveys.load_survey(cfg.dataset, data_dir=cfg.data_dir, source=cfg.source, questions=cfg.questions,
                                  background=cfg.background)
@@ -66,7 +71,13 @@ try:
                        + survey.unavailable.get("weight", f"the source in use ({survey.source_name}) has no weight column; leave out --weighted-truth"))
 except DsaError as exc:
     sys.exit(f"error: {exc}")
-lm = LanguageModel.load(args.model, prefix_cache_dir=args.prefix_cache) if any(map(needs_model, args.methods)) else None
+placement = {"device": args.device} if args.device else {}
+if args.dtype:
+    import torch
+
+    placement["dtype"] = getattr(torch, args.dtype)
+lm = (LanguageModel.load(args.model, prefix_cache_dir=args.prefix_cache, **placement)
+      if any(map(needs_model, args.methods)) else None)
 results = run_enhancement(cfg, args.store, lm=lm, modes=args.modes, store_root=args.store_root, survey=survey)
 print(summary_table(results, by=["truth_mode"] if len(args.modes) > 1 else ()).round(4).to_string())
 print(f"total {time.perf_counter() - t0:.0f}s")

@@ -23,6 +23,10 @@
 - ``accelerate_2proc_max_abs_diff`` and ``duplicate_fits``: from
   ``benchmarks/accelerate_check.py::measure()`` when that file exists (else the
   keys are left out and a note goes to stderr).
+- ``fsdp_2proc_max_abs_diff``, ``fsdp_duplicate_fits`` and ``fsdp_processes``:
+  the same check with ``strategy="lora"`` and the model sharded by FSDP2 over
+  the 2 processes (``measure(strategy="lora", fsdp=True)``; ``--skip-fsdp``
+  leaves it out, about 90 s).
 
 ``--arch qwen3-4b`` (default on ``--device cuda``) builds a model with that
 configuration and random weights (``--layers`` overrides the depth, for a CPU
@@ -187,8 +191,9 @@ def measure_prefix_cache(n_prompts: int = 12, epochs: int = 2) -> dict:
     }
 
 
-def accelerate_measurements() -> dict:
-    """``benchmarks/accelerate_check.py::measure()`` when that file exists; {} (and a note) otherwise."""
+def accelerate_measurements(fsdp: bool = True) -> dict:
+    """``benchmarks/accelerate_check.py::measure()`` (and its FSDP2 lora run) when that file exists; {} (and a note)
+    otherwise."""
     path = Path(__file__).with_name("accelerate_check.py")
     if not path.is_file():
         print(f"note: {path.name} not found; accelerate_2proc_max_abs_diff and duplicate_fits left out",
@@ -198,7 +203,12 @@ def accelerate_measurements() -> dict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     got = module.measure()
-    return {k: got[k] for k in ("accelerate_2proc_max_abs_diff", "duplicate_fits") if k in got}
+    out = {k: got[k] for k in ("accelerate_2proc_max_abs_diff", "duplicate_fits") if k in got}
+    if fsdp:
+        got = module.measure(strategy="lora", fsdp=True)
+        out.update(fsdp_2proc_max_abs_diff=got["accelerate_2proc_max_abs_diff"],
+                   fsdp_duplicate_fits=got["duplicate_fits"], fsdp_processes=got["fsdp_processes"])
+    return out
 
 
 # --------------------------------------------------------------------------- architecture timing
@@ -376,6 +386,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--prefix-batch-size", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=250, help="tokens per timing prompt (the paper's are about 250)")
     ap.add_argument("--skip-accelerate", action="store_true", help="do not run accelerate_check.measure()")
+    ap.add_argument("--skip-fsdp", action="store_true", help="do not run its FSDP2 (lora) variant")
     args = ap.parse_args(argv)
     import torch
 
@@ -390,7 +401,7 @@ def main(argv=None) -> dict:
         result.update(measure_offload())
         result.update(measure_prefix_cache())
         if not args.skip_accelerate:
-            result.update(accelerate_measurements())
+            result.update(accelerate_measurements(fsdp=not args.skip_fsdp))
     else:
         timing = measure_arch(arch, args.device, args.layers, args.prompts, args.steps, args.prefix_batch_size,
                               args.tokens)

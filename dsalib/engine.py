@@ -405,6 +405,14 @@ class OptionModel(nn.Module):
         hidden states equal the unshared ones up to float rounding, at the
         level of batching prompts with different neighbours.
 
+    fsdp
+        Shard the model over the launched processes with FSDP2, one unit per
+        decoder block (``lora`` and ``full`` only).  None (default): when
+        ``accelerate launch`` runs several processes with an FSDP config
+        (:func:`dsalib.distributed.fsdp_launched`) for ``lora``/``full``;
+        ``last_layer`` is never sharded (its prefix pass needs the whole
+        model).  See :func:`train_loop` for what a sharded model asks of a loss.
+
     Precision: whatever the model's dtype, the trained parameters are fp32
     (``last_layer``: the last block, final norm and option head are cast to
     fp32 in place; ``lora``: the adapters; ``full``: the whole model, which
@@ -487,8 +495,7 @@ class OptionModel(nn.Module):
                 if p.requires_grad and p.dtype != torch.float32:  # peft keeps adapters in fp32; make sure
                     p.data = p.data.float()
         else:
-            if half:  # fp32 master weights; the forward runs under autocast in the original dtype
-                model.float()
+            if half:  # fp32 master weights (cast below, after any sharding); the forward runs under autocast
                 self._autocast_dtype = self.prefix_dtype
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -509,6 +516,8 @@ class OptionModel(nn.Module):
                 raise EngineError("FSDP shards the lora and full strategies only; last_layer trains one block from the "
                                   "cached prefix and needs no sharding: launch it with configs/accelerate/multi_gpu.yaml")
             _shard_for_training(model, self.base_model.get_decoder())
+        if strategy == "full" and half:
+            model.float()  # after sharding, each process casts only its shard
         if strategy != "last_layer":
             self._train_device = model_device(model)
         self._input_device = model_device(self.base_model)
@@ -1138,6 +1147,18 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     of a batch equals the sum of the losses of its process shares.
     ``loss_fn`` may call ``option_model.log_probs`` as often as it likes, with
     ``grad=False`` for detached references.
+
+    **FSDP.**  When the option model is sharded (``option_model.fsdp``: a
+    ``lora``/``full`` model under an FSDP launch), every forward and backward
+    pass gathers weights from all processes, so all of them must run the
+    same passes in the same order.  The loop and the model see to it: a
+    process without items in a batch runs ``loss_fn`` on the batch's first
+    item times 0, and no-grad passes are padded to the busiest process's
+    number of batches (:meth:`OptionModel.log_probs`, :meth:`OptionModel.predict`).
+    ``loss_fn`` must therefore call the model the same number of times
+    whatever its items (Phase 1: once; Phase 2: twice).  FSDP averages the
+    gradients over the processes; the loop scales each process's loss by
+    their number, so the loss contract above still holds.
 
     With ``eval_fn`` (lower is better) a score is taken after every epoch (and
     before the first when ``eval_initial``, so the initial parameters can win:

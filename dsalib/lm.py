@@ -79,8 +79,14 @@ class NonFiniteLogitsError(DsaError, FloatingPointError):
 
 
 def default_device() -> torch.device:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cuda`` when a GPU is visible, else ``cpu``; under ``accelerate launch`` this process's own GPU
+    (``cuda:<local rank>``), so the launched processes do not all load onto the first one."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from .distributed import state
+
+    launched = state()
+    return launched.device if launched is not None else torch.device("cuda")
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

@@ -63,6 +63,19 @@ def run(out_dir: Path, strategy: str = "last_layer") -> dict:
         "elements": sum(p.numel() for p in om.model.parameters()),
         "probs": om.predict().cpu(),
     }
+    if strategy == "full":  # a bf16 model: fp32 master weights, cast after sharding, autocast in bf16
+        model, tok = build_tiny_model(seed=0)
+        half = OptionModel(model.to(torch.bfloat16), tok, OptionRule.letters(5), strategy="full",
+                           batch_size=3).prepare(prompts())
+        before = half.predict().cpu()
+        train_loop(half, batches, loss_fn, epochs=1, lr=lr, seed=0, progress=False, max_grad_norm=1.0)
+        out["bf16"] = {
+            "trainable_dtypes": sorted({str(p.dtype) for p in half.parameters_to_train()}),
+            "local_elements": sum((p.to_local() if hasattr(p, "to_local") else p).numel()
+                                  for p in half.model.parameters()),
+            "before": before,
+            "probs": half.predict().cpu(),
+        }
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(out, out_dir / f"rank{state.process_index}.pt")
     return out
