@@ -209,6 +209,13 @@ def run_enhancement(cfg: EnhancementConfig, store_dir: str | Path | None = None,
         raise ParameterError(f"truth modes must be a non-empty list among {surveys.TRUTH_MODES}, got {modes}")
     if store_dir is not None and len(modes) > 1:
         raise ParameterError("store_dir names one store; with several truth modes give store_root instead")
+    from .distributed import fsdp_launched
+
+    if fsdp_launched() and cfg.strategy == "last_layer" and any(map(methods.trains_model, cfg.methods)):
+        raise ParameterError(
+            f"an FSDP launch shards the lora and full strategies, but strategy is last_layer for "
+            f"{[m for m in cfg.methods if methods.trains_model(m)]}; set strategy to lora or full, or launch "
+            "last_layer with configs/accelerate/multi_gpu.yaml (it needs no sharding)")
     survey = _survey_of(cfg, survey)
     if (cfg.weighted_truth or cfg.weighted_train) and not survey.weight:
         raise ParameterError(

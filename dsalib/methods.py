@@ -45,6 +45,15 @@ def needs_model(name: str) -> bool:
     return name in LLM
 
 
+#: Methods that read the language model but never train it (zero-shot prompting; AAE fits a head on embeddings).
+KEEPS_MODEL_FROZEN = ("Direct", "PE", "AAE")
+
+
+def trains_model(name: str) -> bool:
+    """Whether method ``name`` fine-tunes the language model (with the configuration's ``strategy``)."""
+    return needs_model(name) and name not in KEEPS_MODEL_FROZEN
+
+
 def prompt_reads(name: str, template: str = "default", strategy: str = "last_layer") -> tuple[str, bool] | None:
     """What method ``name`` reads through the cached ``last_layer`` engine's frozen-prefix cache, for its own
     question: ``(template, reads_training_subgroups)``, or None when it reads nothing from that cache.
@@ -56,7 +65,7 @@ def prompt_reads(name: str, template: str = "default", strategy: str = "last_lay
     if not needs_model(name):
         return None
     tpl = "persona" if name == "PE" else template
-    if name in ("Direct", "PE", "AAE"):
+    if name in KEEPS_MODEL_FROZEN:
         return tpl, name == "AAE"
     if strategy != "last_layer":
         return None

@@ -126,3 +126,14 @@ def test_dsa_reuses_tkfts_phase1_exactly(ess9, monkeypatch):
     # a different Phase 1 config is not served from the memo
     L.tkft(lm, ess9, phase1_config=train.Phase1Config(lr=2e-3, max_epochs=3, patience=1)).fit(split.train)
     assert len(calls) == 6
+
+
+def test_an_fsdp_launch_with_last_layer_fine_tuning_is_refused_before_any_work(monkeypatch, tmp_path):
+    from dsalib import distributed
+
+    monkeypatch.setattr(distributed, "fsdp_launched", lambda: True)  # as under accelerate launch with fsdp.yaml
+    cfg = EnhancementConfig(dataset="ess9", source="embedded", questions=["imbgeco"], n=200, seeds=[0],
+                            modes=["full"], methods=["TS", "Direct", "TKFT"], strategy="last_layer")
+    with pytest.raises(ParameterError, match=r"FSDP launch.*\['TKFT'\].*lora or full.*multi_gpu.yaml"):
+        experiments.run_enhancement(cfg, tmp_path / "store")
+    assert not (tmp_path / "store").exists()

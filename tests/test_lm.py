@@ -326,3 +326,18 @@ def test_embedded_model_reads_letters(name):
     digits = option_probs(model, tok, [digit_prompt()], rule)
     np.testing.assert_allclose(digits.probs.sum(), 1.0, atol=1e-9)
     assert len(digits.token_ids[-1]) == 3 and digits.option_mass[0] > 0.3, digits.option_mass
+
+
+def test_default_device_is_the_launched_process_s_own_gpu(monkeypatch):
+    """Under accelerate launch on GPUs each process loads onto cuda:<local rank>, not all onto the first GPU."""
+    from types import SimpleNamespace
+
+    from dsalib import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed, "state", lambda: SimpleNamespace(device=torch.device("cuda", 3)))
+    assert lm.default_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(distributed, "state", lambda: None)  # a plain process
+    assert lm.default_device() == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lm.default_device() == torch.device("cpu")
