@@ -113,7 +113,9 @@ def launch_two_processes(store_dir: Path, log_dir: Path, timeout: float = 600, s
                    ACCELERATE_CONFIG_FILE=str(Path(tmp) / "no-config.yaml"),
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
         # --multi_gpu without GPUs starts torch.distributed processes on the CPU (gloo backend)
-        mode = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
+        # accelerate's default for --use_fsdp, cpu-RAM-efficient loading, is refused by the engine (it does not broadcast)
+        mode = (["--use_fsdp", "--fsdp_version", "2", "--fsdp_cpu_ram_efficient_loading", "false"] if fsdp
+                else ["--multi_gpu"])
         cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", "0", str(Path(__file__).resolve()), "--worker", str(store_dir), str(log_dir),

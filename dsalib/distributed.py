@@ -77,6 +77,16 @@ def largest(value: int) -> int:
     return int(t.item())
 
 
+def gathered(value) -> list:
+    """Every process's ``value`` (picklable), in rank order, on every process (``[value]`` in a plain process).
+    Collective."""
+    if process_share()[1] == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([value]))
+
+
 def agreed(value):
     """``value`` as the main process has it, on every process (unchanged in a plain process). Collective."""
     if process_share()[1] == 1:

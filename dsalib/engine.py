@@ -960,10 +960,10 @@ class OptionModel(nn.Module):
         drops them.
         """
         chunks = [rows[s : s + size] for s in range(0, len(rows), size)]
+        idle = largest(len(chunks)) - len(chunks) if self.fsdp else 0  # collective: before any forward pass
         parts = [self(c) for c in chunks]
-        if self.fsdp:
-            for _ in range(largest(len(chunks)) - len(chunks)):
-                self._idle_forward()
+        for _ in range(idle):
+            self._idle_forward()
         return torch.cat(parts) if parts else torch.zeros((0, self.rule.n_options), device=self.device)
 
     def _idle_forward(self) -> None:
@@ -993,7 +993,9 @@ class OptionModel(nn.Module):
         the trained option rows into it, so :func:`~dsalib.lm.option_probs` of the
         returned model equals :meth:`predict` (other rows keep their values).  A
         half-precision head becomes an fp32 copy, so the trained rows keep their
-        precision.  ``lora`` returns the peft model, ``full`` the model itself.
+        precision.  ``lora`` returns the peft model, ``full`` the model itself;
+        under FSDP that is the sharded module, which every process must call
+        together (gather it with ``torch.distributed.checkpoint`` to save it).
         """
         if self.strategy != "last_layer":
             return self.model
@@ -1020,6 +1022,29 @@ def _env_flag(name: str, default: bool) -> bool:
     return default if value is None else value.strip().lower() in ("1", "true", "yes")
 
 
+def check_fsdp_settings() -> None:
+    """Refuse the accelerate FSDP settings the engine cannot honour (read from the launch environment).
+
+    - ``fsdp_offload_params: true``: not supported.
+    - ``fsdp_reshard_after_forward: false``: a no-grad pass would leave the
+      weights gathered, and the engine's copies of the trainable parameters
+      (best epoch, initial weights) would then read and write the gathered
+      buffers instead of the shards.
+    - ``fsdp_cpu_ram_efficient_loading: true``: transformers then loads the real
+      weights on local rank 0 only and leaves the other processes' weights
+      uninitialised, for ``accelerator.prepare`` to broadcast, which the engine
+      does not call.
+    """
+    wrong = {"fsdp_offload_params: true": _env_flag("FSDP_OFFLOAD_PARAMS", False),
+             "fsdp_reshard_after_forward: false": not _env_flag("FSDP_RESHARD_AFTER_FORWARD", True),
+             "fsdp_cpu_ram_efficient_loading: true": _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING", False)}
+    bad = [k for k, v in wrong.items() if v]
+    if bad:
+        raise EngineError(f"the engine cannot shard with {', '.join(bad)} in the accelerate config; use the values of "
+                          "configs/accelerate/fsdp.yaml (offload false, reshard after forward true, cpu-RAM-efficient "
+                          "loading false)")
+
+
 def _shard_for_training(model: nn.Module, decoder: nn.Module) -> None:
     """Shard ``model`` over the launched processes with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
@@ -1027,30 +1052,30 @@ def _shard_for_training(model: nn.Module, decoder: nn.Module) -> None:
     and backward pass, then freed), and the rest (embeddings, final norm,
     output layer) is the root unit.  The parameters stay in the dtype the
     engine gave them (fp32 master weights), so the gathers move fp32; half
-    precision is the engine's autocast.  Settings read from accelerate's
-    launch environment: ``fsdp_reshard_after_forward`` (default true).
-    ``fsdp_offload_params`` is refused.  The model is moved to this process's
-    accelerator device shard by shard, so it may be loaded on the CPU.
+    precision is the engine's autocast.  FSDP2 whatever ``fsdp_version`` says;
+    settings the engine cannot honour are refused (:func:`check_fsdp_settings`).
+    The model is moved to this process's accelerator device shard by shard, so
+    it may be loaded on the CPU.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from dsalib.distributed import state
 
-    if _env_flag("FSDP_OFFLOAD_PARAMS", False):
-        raise EngineError("fsdp_offload_params is not supported by the engine; set it to false in the accelerate "
-                          "config (configs/accelerate/fsdp.yaml)")
+    if process_share()[1] < 2:
+        raise EngineError("fsdp=True shards the model over the processes of an accelerate launch, and this is a "
+                          "single process; launch with configs/accelerate/fsdp.yaml and several processes")
+    check_fsdp_settings()
     placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
     if len(placed) > 1:
         raise EngineError(f"FSDP shards the model over the processes, but it was loaded with a device_map over "
                           f"{sorted(placed)}; load it on one device (no device_map) under an FSDP launch")
     if not (hasattr(decoder, "layers") and len(decoder.layers)):
         raise EngineError(f"FSDP wraps each decoder block; {type(decoder).__name__} has no .layers")
-    reshard = _env_flag("FSDP_RESHARD_AFTER_FORWARD", True)
     mesh = init_device_mesh(state().device.type, (process_share()[1],))
     for layer in decoder.layers:
-        fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    fully_shard(model, mesh=mesh, reshard_after_forward=True)
 
 
 def _row_options(n_options, n_prompts: int, most: int) -> np.ndarray | None:
@@ -1119,7 +1144,7 @@ def predict_rows(option_model, idx) -> torch.Tensor:
     rows = [int(i) for i in (idx.tolist() if hasattr(idx, "tolist") else idx)]
     rank, world = process_share()
     share = rows[rank::world]
-    local = (option_model.predict(share) if share or option_model.fsdp  # FSDP: an idle process joins the passes
+    local = (option_model.predict(share) if share or getattr(option_model, "fsdp", False)  # FSDP: an idle process joins
              else torch.zeros((0, option_model.rule.n_options), device=option_model.device))
     return gather_shards(local, len(rows))
 
@@ -1156,7 +1181,8 @@ def train_loop(option_model: OptionModel, batches, loss_fn: Callable[[OptionMode
     item times 0, and no-grad passes are padded to the busiest process's
     number of batches (:meth:`OptionModel.log_probs`, :meth:`OptionModel.predict`).
     ``loss_fn`` must therefore call the model the same number of times
-    whatever its items (Phase 1: once; Phase 2: twice).  FSDP averages the
+    whatever its items (Phase 1: once; Phase 2: twice, or once with
+    ``reference="phase1"``; the same on every process).  FSDP averages the
     gradients over the processes; the loop scales each process's loss by
     their number, so the loss contract above still holds.
 
@@ -1279,6 +1305,9 @@ def _step(option_model, loss_fn, batch, rank, world, params, optimizer, acc, max
     else:  # more processes than items: contribute nothing, but take part in the sum
         value = torch.zeros(1, device=params[0].device)
     if fsdp:
+        for p in params:  # as below: a parameter the loss did not reach still takes its (zero-gradient) step
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         if world > 1:
             value = acc.reduce(value.to(acc.device), reduction="sum")
     elif world > 1:

@@ -552,11 +552,17 @@ def _state_digest(state: dict | None) -> str:
     if state is None:
         return ""
     h = hashlib.sha256()
+    sharded = False
     for k in sorted(state):
         h.update(k.encode())
         t = state[k].detach()
-        t = t.to_local() if hasattr(t, "to_local") else t  # FSDP: this process's shard (a local memo key)
+        if hasattr(t, "to_local"):  # FSDP: this process's shard
+            t, sharded = t.to_local(), True
         h.update(t.float().cpu().numpy().tobytes())
+    if sharded:  # every shard decides the key, so all processes hit or miss the memo together (collective)
+        from .distributed import gathered
+
+        return hashlib.sha256("".join(gathered(h.hexdigest())).encode()).hexdigest()[:16]
     return h.hexdigest()[:16]
 
 

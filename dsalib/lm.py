@@ -158,6 +158,12 @@ def load_model(
         )
     if (max_memory is not None or offload_folder is not None) and device_map is None:
         raise DsaError("max_memory and offload_folder only apply with a device_map (e.g. device_map='auto')")
+    from .distributed import fsdp_launched
+
+    if fsdp_launched():  # before loading: some FSDP settings make transformers load uninitialised weights
+        from .engine import check_fsdp_settings
+
+        check_fsdp_settings()
     if device_map is not None:
         target = default_device() if not _map_uses_accelerator(device_map, max_memory) else torch.device("cuda")
     else:

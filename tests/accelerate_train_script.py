@@ -11,8 +11,10 @@ parameter elements it holds.
     python tests/accelerate_train_script.py OUT [STRATEGY]
 
 13 prompts in batches of 6 leave a last batch of 1 (one process idle under
-2 processes), and predicting in batches of 3 gives the processes 3 and 2
-forward passes: both cases that FSDP's collective passes must keep in step.
+2 processes); predicting the 13 prompts with ``predict_rows`` in batches of 3
+gives the processes 7 and 6 rows (3 and 2 forward passes), and predicting one
+prompt leaves one process without a row: cases that FSDP's collective passes
+must keep in step.
 """
 
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dsalib.engine import OptionModel, train_loop
+from dsalib.engine import OptionModel, predict_rows, train_loop
 from dsalib.lm import OptionRule, build_tiny_model
 
 N_PROMPTS, BATCH = 13, 6
@@ -62,6 +64,9 @@ def run(out_dir: Path, strategy: str = "last_layer") -> dict:
         "local_elements": sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in om.model.parameters()),
         "elements": sum(p.numel() for p in om.model.parameters()),
         "probs": om.predict().cpu(),
+        # each process predicts its share (7 and 6 rows: 3 and 2 batches of 3), and one row for 2 processes
+        "shared_probs": predict_rows(om, list(range(N_PROMPTS))).cpu(),
+        "one_row": predict_rows(om, [4]).cpu(),
     }
     if strategy == "full":  # a bf16 model: fp32 master weights, cast after sharding, autocast in bf16
         model, tok = build_tiny_model(seed=0)

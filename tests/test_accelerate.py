@@ -59,6 +59,7 @@ def test_fsdp_shards_the_full_model_and_trains_as_one_process(tmp_path):
                ACCELERATE_CONFIG_FILE=str(tmp_path / "no-config.yaml"),
                PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2",
+           "--fsdp_cpu_ram_efficient_loading", "false",
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", "0", str(HERE / "accelerate_train_script.py"), str(tmp_path / "fsdp"), "full"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -70,6 +71,10 @@ def test_fsdp_shards_the_full_model_and_trains_as_one_process(tmp_path):
     assert [r["local_elements"] for r in ranks] == [total // 2, total - total // 2], (total, ranks[0]["local_elements"])
     torch.testing.assert_close(ranks[0]["probs"], ranks[1]["probs"], atol=0, rtol=0)
     assert ranks[0]["result"]["step_loss"] == ranks[1]["result"]["step_loss"]
+    # shared prediction passes (3 against 2 batches; one row for two processes) give every process every row
+    for r in ranks:
+        torch.testing.assert_close(r["shared_probs"], ranks[0]["probs"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(r["one_row"], ranks[0]["probs"][4:5], atol=1e-6, rtol=0)
 
     sys.path.insert(0, str(HERE))
     import accelerate_train_script

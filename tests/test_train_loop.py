@@ -82,16 +82,29 @@ def test_a_sharding_accelerate_config_is_refused_for_an_unsharded_model(om):
 
 
 def test_fsdp_settings_the_engine_cannot_honour_are_refused_before_sharding(monkeypatch):
+    from dsalib import distributed, engine, lm
+
     model, tok = build_tiny_model(seed=0)
     with pytest.raises(EngineError, match="FSDP shards the lora and full strategies only.*multi_gpu.yaml"):
         OptionModel(model, tok, OptionRule.letters(5), fsdp=True)
-    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
-    with pytest.raises(EngineError, match="fsdp_offload_params is not supported"):
+    with pytest.raises(EngineError, match="this is a single process"):
         OptionModel(model, tok, OptionRule.letters(5), strategy="full", fsdp=True)
-    monkeypatch.delenv("FSDP_OFFLOAD_PARAMS")
+    monkeypatch.setattr(engine, "process_share", lambda: (0, 2))  # as process 0 of 2
+    for env, value, message in (("FSDP_OFFLOAD_PARAMS", "true", "fsdp_offload_params: true"),
+                                ("FSDP_RESHARD_AFTER_FORWARD", "false", "fsdp_reshard_after_forward: false"),
+                                ("FSDP_CPU_RAM_EFFICIENT_LOADING", "true", "fsdp_cpu_ram_efficient_loading: true")):
+        monkeypatch.setenv(env, value)
+        with pytest.raises(EngineError, match=f"cannot shard with {message}"):
+            OptionModel(model, tok, OptionRule.letters(5), strategy="full", fsdp=True)
+        monkeypatch.delenv(env)
     model.hf_device_map = {"model.embed_tokens": "cpu", "model.layers": 0}
     with pytest.raises(EngineError, match="loaded with a device_map over"):
         OptionModel(model, tok, OptionRule.letters(5), strategy="full", fsdp=True)
+    # cpu-RAM-efficient loading would load uninitialised weights on all but one process: refused before loading
+    monkeypatch.setattr(distributed, "fsdp_launched", lambda: True)
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    with pytest.raises(EngineError, match="fsdp_cpu_ram_efficient_loading: true"):
+        lm.load_model("tiny")
 
 
 def test_outside_an_fsdp_launch_nothing_is_sharded(monkeypatch):
