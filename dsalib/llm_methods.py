@@ -111,12 +111,13 @@ class LanguageModel:
     def option_probs(self, prompt_list: Sequence[str], n_options: int) -> "lm_mod.OptionProbs":
         """Zero-shot option probabilities (memoised per prompt)."""
         rule = self.rule(n_options)
-        missing = [p for p in dict.fromkeys(prompt_list) if (p, rule) not in self._probs_cache]
-        if missing:
-            res = lm_mod.option_probs(self.model, self.tokenizer, missing, rule, batch_size=self.batch_size)
-            for i, p in enumerate(missing):
-                self._probs_cache[(p, rule)] = (res.probs[i], res.option_mass[i])
-        rows = [self._probs_cache[(p, rule)] for p in prompt_list]
+
+        def compute(missing):
+            res = lm_mod.option_probs(self.model, self.tokenizer, [p for p, _ in missing], rule,
+                                      batch_size=self.batch_size)
+            return zip(res.probs, res.option_mass)
+
+        rows = memoised(self._probs_cache, [(p, rule) for p in prompt_list], compute)
         return lm_mod.OptionProbs(
             probs=np.array([r[0] for r in rows]).reshape(len(rows), n_options),
             option_mass=np.array([r[1] for r in rows]),
@@ -135,16 +136,17 @@ class LanguageModel:
         if self.scoring != "single_token":
             return self.option_probs(prompt_list, n_options).probs
         rule = self.rule(n_options)
-        # memoised per prompt: Direct, PE and AAE ask for the same prompts for every seed and truth
-        missing = [p for p in dict.fromkeys(prompt_list) if (p, rule) not in self._zero_shot_memo]
-        if missing:
+
+        def compute(missing):
             om, initial = self.option_model(n_options, "last_layer")
             om.load_state_dict(initial)
-            om.prepare(missing)
+            om.prepare([p for p, _ in missing])
             p = om.predict().double().cpu().numpy()
-            for prompt, row in zip(missing, p / p.sum(axis=1, keepdims=True)):
-                self._zero_shot_memo[(prompt, rule)] = row
-        return np.array([self._zero_shot_memo[(p, rule)] for p in prompt_list]).reshape(len(prompt_list), n_options)
+            return p / p.sum(axis=1, keepdims=True)
+
+        # memoised per prompt: Direct, PE and AAE ask for the same prompts for every seed and truth
+        rows = memoised(self._zero_shot_memo, [(p, rule) for p in prompt_list], compute)
+        return np.array(rows).reshape(len(prompt_list), n_options)
 
     def option_model(self, n_options: int, strategy: str = "last_layer"):
         """The shared trainable :class:`dsalib.engine.OptionModel` for a rule and strategy, and its initial weights.
@@ -525,8 +527,8 @@ class FineTuned(_PromptedMethod):
 
         n_opts = [None] * len(prompt_list) if n_options is None else list(n_options)
         keys = list(zip(prompt_list, n_opts))
-        todo = [k for k in dict.fromkeys(keys) if k not in self._predicted]
-        if todo:
+
+        def compute(todo):
             om, initial = self.lm.option_model(self.train.n_options, self.strategy)
             om.load_state_dict(self._state)
             rank, world = process_share()
@@ -542,9 +544,22 @@ class FineTuned(_PromptedMethod):
                 out = gather_shards(local, len(todo)).double().cpu().numpy()
             finally:
                 om.load_state_dict(initial)
-            for k, row in zip(todo, out / out.sum(axis=1, keepdims=True)):
-                self._predicted[k] = row
-        return np.array([self._predicted[k] for k in keys]).reshape(len(keys), self.train.n_options)
+            return out / out.sum(axis=1, keepdims=True)
+
+        rows = memoised(self._predicted, keys, compute)
+        return np.array(rows).reshape(len(keys), self.train.n_options)
+
+
+def memoised(memo: dict, keys: Sequence, compute) -> list:
+    """``memo[k]`` for every key of ``keys``; the missing keys are computed once, together, in first-seen order,
+    by ``compute(missing) -> one value per missing key``, and kept in ``memo``."""
+    missing = [k for k in dict.fromkeys(keys) if k not in memo]
+    if missing:
+        values = list(compute(missing))
+        if len(values) != len(missing):
+            raise DsaError(f"a memoised computation returned {len(values)} values for {len(missing)} keys")
+        memo.update(zip(missing, values))
+    return [memo[k] for k in keys]
 
 
 def _state_digest(state: dict | None) -> str:

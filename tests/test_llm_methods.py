@@ -163,3 +163,21 @@ def test_chat_template_option_wraps_every_prompt(ess9):
     p_chat = make_method("Direct", lm=chat, survey=ess9).fit(split.train).predict(keys)
     assert p_chat.shape == p_plain.shape and np.abs(p_chat - p_plain).max() > 1e-4  # other prompts, other answers
     assert chat.describe()["chat_template"] is True
+
+
+def test_memoised_computes_each_missing_key_once_in_first_seen_order():
+    from dsalib.errors import DsaError
+    from dsalib.llm_methods import memoised
+
+    calls = []
+
+    def compute(missing):
+        calls.append(list(missing))
+        return [k.upper() for k in missing]
+
+    memo = {"a": "kept"}
+    assert memoised(memo, ["b", "a", "c", "b"], compute) == ["B", "kept", "C", "B"]
+    assert calls == [["b", "c"]]
+    assert memoised(memo, ["c", "b"], compute) == ["C", "B"] and len(calls) == 1  # nothing left to compute
+    with pytest.raises(DsaError, match="returned 1 values for 2 keys"):
+        memoised({}, ["x", "y"], lambda missing: ["X"])
