@@ -54,14 +54,19 @@ def is_main_process() -> bool:
     return process_share()[0] == 0
 
 
+def env_flag(name: str, default: bool) -> bool:
+    """A true/false setting that ``accelerate launch`` passes in the environment (``1``/``true``/``yes`` are true)."""
+    value = os.environ.get(name)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes")
+
+
 def fsdp_launched() -> bool:
     """Whether ``accelerate launch`` started this process with an FSDP config, with more than one process.
 
     accelerate's launcher sets ``ACCELERATE_USE_FSDP=true`` for ``distributed_type: FSDP`` (or
     ``--use_fsdp``), on GPUs and on CPUs alike.
     """
-    flag = os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() in ("1", "true", "yes")
-    return flag and process_share()[1] > 1
+    return env_flag("ACCELERATE_USE_FSDP", False) and process_share()[1] > 1
 
 
 def largest(value: int) -> int:

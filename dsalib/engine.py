@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsalib.distributed import agreed, fsdp_launched, gather_shards, largest, process_share
+from dsalib.distributed import agreed, env_flag, fsdp_launched, gather_shards, largest, process_share
 from dsalib.errors import DsaError
 from dsalib.lm import (
     NonFiniteLogitsError,
@@ -1017,11 +1017,6 @@ class OptionModel(nn.Module):
         return model
 
 
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    return default if value is None else value.strip().lower() in ("1", "true", "yes")
-
-
 def check_fsdp_settings() -> None:
     """Refuse the accelerate FSDP settings the engine cannot honour (read from the launch environment).
 
@@ -1035,9 +1030,9 @@ def check_fsdp_settings() -> None:
       uninitialised, for ``accelerator.prepare`` to broadcast, which the engine
       does not call.
     """
-    wrong = {"fsdp_offload_params: true": _env_flag("FSDP_OFFLOAD_PARAMS", False),
-             "fsdp_reshard_after_forward: false": not _env_flag("FSDP_RESHARD_AFTER_FORWARD", True),
-             "fsdp_cpu_ram_efficient_loading: true": _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING", False)}
+    wrong = {"fsdp_offload_params: true": env_flag("FSDP_OFFLOAD_PARAMS", False),
+             "fsdp_reshard_after_forward: false": not env_flag("FSDP_RESHARD_AFTER_FORWARD", True),
+             "fsdp_cpu_ram_efficient_loading: true": env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING", False)}
     bad = [k for k, v in wrong.items() if v]
     if bad:
         raise EngineError(f"the engine cannot shard with {', '.join(bad)} in the accelerate config; use the values of "
