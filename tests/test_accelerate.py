@@ -73,8 +73,8 @@ def test_fsdp_shards_the_full_model_and_trains_as_one_process(tmp_path):
     assert ranks[0]["result"]["step_loss"] == ranks[1]["result"]["step_loss"]
     # shared prediction passes (3 against 2 batches; one row for two processes) give every process every row
     for r in ranks:
-        torch.testing.assert_close(r["shared_probs"], ranks[0]["probs"], atol=1e-6, rtol=0)
-        torch.testing.assert_close(r["one_row"], ranks[0]["probs"][4:5], atol=1e-6, rtol=0)
+        torch.testing.assert_close(r["shared_probs"], ranks[0]["probs"], atol=1e-5, rtol=0)  # other batches
+        torch.testing.assert_close(r["one_row"], ranks[0]["probs"][4:5], atol=1e-5, rtol=0)
 
     sys.path.insert(0, str(HERE))
     import accelerate_train_script
